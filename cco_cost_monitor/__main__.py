@@ -1,0 +1,6 @@
+"""``python -m cco_cost_monitor`` runs the command line."""
+
+from cco_cost_monitor.cli import main
+
+if __name__ == "__main__":
+    main()
