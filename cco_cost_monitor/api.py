@@ -1,0 +1,108 @@
+"""The daemon's HTTP interface (aiohttp): health, metrics, the JSON API, the status line.
+
+Handlers only read in-memory state: no upstream I/O and no disk on a request, so
+``/health`` stays cheap while ingestion runs at full speed. Every response carries
+``Cache-Control: no-store``. The app is served with ``AppRunner``/``TCPSite`` by the
+server module (never ``web.run_app``, which would own the loop and the signals).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from cco_cost_monitor.engine import BucketKind
+
+__all__ = ["ServiceView", "make_app"]
+
+MAX_EVENTS = 1000
+# Bounds on what a client may send us (nothing here takes a body).
+MAX_REQUEST_LINE = 4096
+MAX_HEADER_SIZE = 8190
+MAX_BODY = 1024
+
+
+class ServiceView(Protocol):
+    """What the HTTP layer reads from the running service."""
+
+    def health(self) -> tuple[dict[str, Any], int]: ...
+    def summary(self) -> dict[str, Any]: ...
+    def recent_events(self, limit: int) -> list[dict[str, Any]]: ...
+    def timeseries(self, kind: BucketKind, since: datetime | None) -> list[dict[str, Any]]: ...
+    def statusline(self) -> str: ...
+
+
+def json_response(data: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type=content_type,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _parse_since(value: str | None, now: datetime) -> datetime | None:
+    """``since`` as RFC 3339, epoch seconds, or a relative ``30m`` / ``6h`` / ``7d``."""
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return now - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        return datetime.fromtimestamp(float(value), UTC)
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def make_app(service: ServiceView) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+
+    async def health(_: web.Request) -> web.Response:
+        document, status = service.health()
+        return json_response(document, status, "application/health+json")
+
+    async def livez(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+
+    async def summary(_: web.Request) -> web.Response:
+        return json_response(service.summary())
+
+    async def events(request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="limit must be an integer\n") from None
+        limit = max(1, min(limit, MAX_EVENTS))
+        return json_response({"events": service.recent_events(limit), "limit": limit})
+
+    async def timeseries(request: web.Request) -> web.Response:
+        kind = request.query.get("bucket", "minute")
+        if kind not in ("minute", "hour", "day"):
+            raise web.HTTPBadRequest(text="bucket must be minute, hour or day\n")
+        try:
+            since = _parse_since(request.query.get("since"), datetime.now(UTC))
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text="since must be RFC 3339, epoch seconds or like 30m/6h/7d\n"
+            ) from None
+        rows = service.timeseries(kind, since)  # type: ignore[arg-type]
+        return json_response({"bucket": kind, "since": since.isoformat() if since else None,
+                              "buckets": rows})
+
+    async def statusline(_: web.Request) -> web.Response:
+        return web.Response(
+            text=service.statusline() + "\n", headers={"Cache-Control": "no-store"}
+        )
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/api/summary", summary)
+    app.router.add_get("/api/events", events)
+    app.router.add_get("/api/timeseries", timeseries)
+    app.router.add_get("/statusline", statusline)
+    return app

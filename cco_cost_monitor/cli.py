@@ -1,0 +1,256 @@
+"""The ``cco-monitor`` command line (click): parse options, load settings, dispatch.
+
+Every option can also come from the config file or a ``CCO_MONITOR_<NAME>`` environment
+variable; precedence is flag > env > file > default (see :mod:`cco_cost_monitor.config`).
+Only options given explicitly on the command line are passed on as flags, so that an
+unset flag never hides a value from the environment or the file.
+
+Exit statuses follow the LSB conventions of the contract: 0 success, 1 failure,
+3 "already running" for ``start`` and "not running" for ``status``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cco_cost_monitor import __version__
+from cco_cost_monitor.errors import AlreadyRunning, ConfigError, MonitorError, StartupError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_NOT_RUNNING = 3
+
+
+def common_options(func: F) -> F:
+    """The options every daemon-facing command shares."""
+    options = [
+        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Config file (default: <state dir>/config.toml if present)."),
+        click.option("--source", "sources", multiple=True, metavar="[NAME=]URL",
+                     help="SSE source, repeatable (default http://127.0.0.1:3000/api/stream)."),
+        click.option("--source-token", "source_token", metavar="TOKEN",
+                     help="Bearer token sent to every --source given on the command line."),
+        click.option("--health-host", help="Address of the HTTP server (default 127.0.0.1)."),
+        click.option("--health-port", type=int, help="Port of the HTTP server (default 8081)."),
+        click.option("--health-token", help="Bearer token required by the HTTP server."),
+        click.option("--allow-unauthenticated", is_flag=True, default=None,
+                     help="Allow a non-loopback --health-host without a token."),
+        click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="State directory (default $CCO_MONITOR_HOME or ~/.cco-monitor)."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option("--log-format", type=click.Choice(["auto", "json", "console"]),
+                     help="auto: JSON unless stderr is a terminal."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def flags_from(options: dict[str, Any]) -> dict[str, Any]:
+    """Only the options given on the command line, in settings-key form."""
+    flags = {key: value for key, value in options.items() if value not in (None, ())}
+    sources = flags.pop("sources", None)
+    token = flags.pop("source_token", None)
+    if sources:
+        specs: list[dict[str, Any]] = []
+        for index, raw in enumerate(sources):
+            name, sep, url = raw.partition("=")
+            spec: dict[str, Any] = (
+                {"name": name, "url": url} if sep and "://" not in name else {
+                    "name": "default" if index == 0 else f"source{index}", "url": raw}
+            )
+            if token:
+                spec["token"] = token
+            specs.append(spec)
+        flags["sources"] = specs
+    elif token:
+        raise click.UsageError("--source-token needs --source")
+    return flags
+
+
+def _load(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    from cco_cost_monitor.config import load_settings  # noqa: PLC0415
+
+    flags = flags_from(options)
+    try:
+        loaded = load_settings(flags)
+    except ConfigError as exc:
+        click.echo(f"cco-monitor: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    return loaded, flags
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cco-monitor")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """cco-monitor: exactly-once cost monitoring for the CCO LLM proxy.
+
+    It follows the proxy's SSE stream, counts every request once, and serves /health,
+    Prometheus /metrics and a JSON API on 127.0.0.1:8081.
+
+    \b
+    Try it:   cco-monitor demo
+    Run it:   cco-monitor start            (background)
+              cco-monitor start --foreground   (systemd, launchd)
+    Ask it:   cco-monitor status   |   curl -s 127.0.0.1:8081/health
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@main.command()
+@common_options
+@click.option("--foreground", is_flag=True, help="Stay in the foreground and log to stderr.")
+def start(foreground: bool, **options: Any) -> None:
+    """Start the monitor (in the background unless --foreground)."""
+    from cco_cost_monitor import daemon, sdnotify  # noqa: PLC0415
+    from cco_cost_monitor.logs import configure_logging  # noqa: PLC0415
+    from cco_cost_monitor.server import run_service  # noqa: PLC0415
+
+    loaded, flags = _load(options)
+    settings = loaded.settings
+    if foreground:
+        configure_logging(settings.log_level, settings.log_format)
+        try:
+            code = run_service(settings, flags=flags)
+        except AlreadyRunning as exc:
+            click.echo(f"cco-monitor is already running (pid {exc.pid})", err=True)
+            sys.exit(EXIT_NOT_RUNNING)
+        except MonitorError as exc:
+            click.echo(f"cco-monitor: could not start: {exc}", err=True)
+            sys.exit(EXIT_FAILURE)
+        sys.exit(code)
+    if sdnotify.under_service_manager():
+        click.echo(
+            "cco-monitor: refusing to daemonize under a service manager; "
+            "run `cco-monitor start --foreground` instead",
+            err=True,
+        )
+        sys.exit(EXIT_FAILURE)
+
+    def service(on_ready: Callable[[], None]) -> int:
+        configure_logging(settings.log_level, "json" if settings.log_format == "auto"
+                          else settings.log_format, log_file=settings.log_path)
+        return run_service(settings, flags=flags, on_ready=on_ready)
+
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        click.echo(f"cco-monitor: could not start: state dir {settings.state_dir}: "
+                   f"{exc.strerror}", err=True)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(
+        daemon.start_background(
+            pid_path=settings.pid_path,
+            log_path=settings.log_path,
+            health_url=f"{settings.health_url}/health",
+            service=service,
+        )
+    )
+
+
+@main.command()
+@common_options
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait after SIGTERM before SIGKILL.")
+def stop(timeout: float, **options: Any) -> None:
+    """Stop the background monitor (SIGTERM, then SIGKILL after --timeout)."""
+    from cco_cost_monitor import daemon  # noqa: PLC0415
+
+    loaded, _ = _load(options)
+    outcome = daemon.stop(loaded.settings.pid_path, timeout=timeout)
+    click.echo(outcome.message)
+    sys.exit(outcome.exit_code)
+
+
+@main.command()
+@common_options
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.pass_context
+def restart(ctx: click.Context, timeout: float, **options: Any) -> None:
+    """Stop, then start in the background."""
+    from cco_cost_monitor import daemon  # noqa: PLC0415
+
+    loaded, _ = _load(options)
+    outcome = daemon.stop(loaded.settings.pid_path, timeout=timeout)
+    click.echo(outcome.message)
+    if outcome.exit_code != 0:
+        sys.exit(outcome.exit_code)
+    ctx.invoke(start, foreground=False, **options)
+
+
+@main.command()
+@common_options
+def reload(**options: Any) -> None:
+    """Re-read config, prices and budgets (SIGHUP) without losing counts."""
+    import signal  # noqa: PLC0415
+
+    from cco_cost_monitor import daemon  # noqa: PLC0415
+
+    loaded, _ = _load(options)
+    pid = daemon.signal_pid(loaded.settings.pid_path, signal.SIGHUP)
+    if pid is None:
+        click.echo("cco-monitor is not running", err=True)
+        sys.exit(EXIT_NOT_RUNNING)
+    click.echo(f"sent SIGHUP to cco-monitor (pid {pid}); see its log for the outcome")
+
+
+@main.command("config")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def config_command(as_json: bool, **options: Any) -> None:
+    """Show the effective configuration and where each value came from."""
+    import orjson  # noqa: PLC0415
+
+    from cco_cost_monitor.config import redacted_view  # noqa: PLC0415
+
+    loaded, _ = _load(options)
+    values = redacted_view(loaded.settings)
+    if as_json:
+        document = {
+            "config_file": str(loaded.config_file) if loaded.config_file else None,
+            "values": values,
+            "origins": loaded.origins,
+        }
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"# config file: {loaded.config_file or '(none)'}")
+    width = max(len(key) for key in values)
+    for key, value in values.items():
+        origin = loaded.origins.get(key, "default")
+        click.echo(f"{key:<{width}}  {orjson.dumps(value).decode()}  # {origin}")
+
+
+def _attach_optional_commands() -> None:
+    """Commands that live in their own modules."""
+    for module_name in ("cco_cost_monitor.simulator.cli", "cco_cost_monitor.demo", "cco_cost_monitor.terminal",
+                        "cco_cost_monitor.dbcli"):
+        try:
+            module = __import__(module_name, fromlist=["commands"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        for command in module.commands():
+            main.add_command(command)
+
+
+_attach_optional_commands()
+
+
+def run() -> None:
+    """Entry point with a clean message for our own errors."""
+    try:
+        main()
+    except (StartupError, ConfigError) as exc:
+        click.echo(f"cco-monitor: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+

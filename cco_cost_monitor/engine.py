@@ -1,0 +1,440 @@
+"""The metrics engine: bounded in-memory aggregates of what the reconciler accounted.
+
+Owns, per source x tier x model: cost, requests, cache hits, overrides, tokens; a bounded
+ring of recent events; time buckets in the configured time zone (per minute for the last
+3 hours, per hour for 14 days, per day for 400 days); burn rates; and the periods this
+hour / today / this month. Pure: time comes in as arguments, nothing here does I/O.
+
+Every table is bounded: buckets are pruned by age, the model table folds names beyond
+``MAX_MODELS`` per source into ``"(other models)"``, the recent ring has a fixed length.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, Literal
+
+from cco_cost_monitor.pricing import TIERS, Tier
+from cco_cost_monitor.reconciler import AccountedEvent, Accounting, Unattributed
+
+__all__ = ["MAX_MODELS", "Aggregate", "BucketKind", "Engine", "SourceTotals", "local"]
+
+MAX_MODELS = 64
+OTHER_MODELS = "(other models)"
+UNATTRIBUTED = "unattributed"
+BucketKind = Literal["minute", "hour", "day"]
+BUCKET_RETENTION: dict[BucketKind, timedelta] = {
+    "minute": timedelta(hours=3),
+    "hour": timedelta(days=14),
+    "day": timedelta(days=400),
+}
+# A burn rate never divides by less than this share of its window: one call in the
+# first seconds of a run must not read as thousands of dollars an hour.
+BURN_RATE_FLOOR_SHARE = 0.5
+# Event timestamps come from the proxy's clock; one far in the future is pinned to now.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def local(moment: datetime, zone: tzinfo) -> datetime:
+    """``moment`` in the configured zone."""
+    return moment.astimezone(zone)
+
+
+def bucket_start(moment: datetime, kind: BucketKind, zone: tzinfo) -> float:
+    """Epoch seconds of the start of the local minute/hour/day containing ``moment``."""
+    here = local(moment, zone)
+    if kind == "minute":
+        start = here.replace(second=0, microsecond=0)
+    elif kind == "hour":
+        start = here.replace(minute=0, second=0, microsecond=0)
+    else:
+        start = here.replace(hour=0, minute=0, second=0, microsecond=0)
+        # Local midnight may not exist or be ambiguous on a DST day: normalise via UTC.
+        start = local(start, zone)
+    return start.timestamp()
+
+
+def next_bucket_start(start: float, kind: BucketKind, zone: tzinfo) -> float:
+    """Epoch seconds of the bucket after the one starting at ``start``."""
+    if kind == "minute":
+        return start + 60
+    if kind == "hour":
+        return start + 3600
+    here = local(datetime.fromtimestamp(start, UTC), zone)
+    tomorrow = (here + timedelta(days=1, hours=3)).replace(hour=0, minute=0, second=0)
+    return local(tomorrow, zone).timestamp()
+
+
+@dataclass
+class Aggregate:
+    """Counters of one source x tier x model."""
+
+    cost_usd: float = 0.0
+    requests: int = 0
+    cache_hits: int = 0
+    overrides: int = 0
+    events: int = 0
+    tokens: int = 0
+    recorded_cost_usd: float = 0.0
+    calculated_cost_usd: float = 0.0
+    unpriced_requests: int = 0
+
+
+@dataclass
+class SourceTotals:
+    """Counters of one source, including what no event explains."""
+
+    cost_usd: float = 0.0
+    requests: int = 0
+    cache_hits: int = 0
+    model_overrides: int = 0
+    events: int = 0
+    unattributed_cost_usd: float = 0.0
+    unattributed_requests: int = 0
+    lost_events: int = 0
+    requests_by_type: dict[tuple[Tier, str], int] = field(default_factory=dict)
+
+
+@dataclass
+class Bucket:
+    """Cost and requests of one time bucket, per tier (plus ``unattributed``)."""
+
+    cost: dict[str, float] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
+
+    def add(self, tier: str, cost: float, requests: int) -> None:
+        self.cost[tier] = self.cost.get(tier, 0.0) + cost
+        if requests:
+            self.requests[tier] = self.requests.get(tier, 0) + requests
+
+    @property
+    def total_cost(self) -> float:
+        return sum(self.cost.values())
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
+
+
+class Engine:
+    """Aggregates accounted facts; every query takes ``now`` so tests control the clock."""
+
+    def __init__(self, *, zone: tzinfo = UTC, recent_capacity: int = 1000) -> None:
+        self.zone = zone
+        self.sources: dict[str, SourceTotals] = {}
+        self.models: dict[tuple[str, Tier, str], Aggregate] = {}
+        self.recent: deque[AccountedEvent] = deque(maxlen=recent_capacity)
+        self.buckets: dict[BucketKind, dict[float, Bucket]] = {
+            "minute": {},
+            "hour": {},
+            "day": {},
+        }
+        self.first_observation: datetime | None = None
+        self.last_event_at: dict[str, datetime] = {}
+        self.unpriced_models: dict[str, int] = {}
+
+    # -- recording ---------------------------------------------------------------------
+
+    def record(self, accounting: Accounting) -> None:
+        """Add one :class:`Accounting` (events and unattributed remainder)."""
+        if self.first_observation is None or accounting.observed_at < self.first_observation:
+            self.first_observation = accounting.observed_at
+        for event in accounting.events:
+            self.record_event(event, accounting.observed_at)
+        if accounting.unattributed is not None:
+            self.record_unattributed(accounting.unattributed, accounting.observed_at)
+
+    def record_event(self, event: AccountedEvent, observed_at: datetime) -> None:
+        totals = self.sources.setdefault(event.source, SourceTotals())
+        totals.cost_usd += event.cost_usd
+        totals.requests += event.requests
+        totals.cache_hits += event.cache_hits
+        totals.events += 1
+        if event.event_type == "model_override":
+            totals.model_overrides += 1
+        if event.requests:
+            type_key = (event.tier, event.event_type)
+            totals.requests_by_type[type_key] = (
+                totals.requests_by_type.get(type_key, 0) + event.requests
+            )
+        aggregate = self._aggregate(event.source, event.tier, event.model or "(none)")
+        aggregate.cost_usd += event.cost_usd
+        aggregate.requests += event.requests
+        aggregate.cache_hits += event.cache_hits
+        aggregate.events += 1
+        aggregate.overrides += 1 if event.event_type == "model_override" else 0
+        aggregate.tokens += event.tokens or 0
+        aggregate.recorded_cost_usd += event.recorded_cost_usd or 0.0
+        aggregate.calculated_cost_usd += event.calculated_cost_usd or 0.0
+        if event.requests and not event.priced:
+            aggregate.unpriced_requests += event.requests
+            name = event.model or "(none)"
+            if name in self.unpriced_models or len(self.unpriced_models) < MAX_MODELS:
+                self.unpriced_models[name] = self.unpriced_models.get(name, 0) + event.requests
+        self.recent.append(event)
+        moment = min(event.occurred_at, observed_at + MAX_CLOCK_SKEW)
+        previous = self.last_event_at.get(event.source)
+        if previous is None or moment > previous:
+            self.last_event_at[event.source] = moment
+        if event.cost_usd or event.requests:
+            for kind in BUCKET_RETENTION:
+                self._bucket(kind, moment).add(event.tier, event.cost_usd, event.requests)
+
+    def record_unattributed(self, remainder: Unattributed, observed_at: datetime) -> None:
+        totals = self.sources.setdefault(remainder.source, SourceTotals())
+        totals.cost_usd += remainder.cost_usd
+        totals.requests += remainder.requests
+        totals.unattributed_cost_usd += remainder.cost_usd
+        totals.unattributed_requests += remainder.requests
+        totals.lost_events += remainder.lost_events
+        end = min(remainder.occurred_at, observed_at + MAX_CLOCK_SKEW)
+        start = remainder.since if remainder.since is not None and remainder.since < end else end
+        for kind in BUCKET_RETENTION:
+            for moment, share in self._spread(start, end, kind):
+                self._bucket(kind, moment).add(UNATTRIBUTED, remainder.cost_usd * share, 0)
+            self._bucket(kind, end).add(UNATTRIBUTED, 0.0, remainder.requests)
+
+    def _spread(
+        self, start: datetime, end: datetime, kind: BucketKind
+    ) -> Iterator[tuple[datetime, float]]:
+        """Shares of the interval [start, end] falling in each bucket (they sum to 1)."""
+        total = (end - start).total_seconds()
+        if total <= 0:
+            yield end, 1.0
+            return
+        cursor = start
+        while cursor < end:
+            boundary_at = next_bucket_start(bucket_start(cursor, kind, self.zone), kind, self.zone)
+            boundary = min(datetime.fromtimestamp(boundary_at, UTC), end)
+            yield cursor, (boundary - cursor).total_seconds() / total
+            cursor = boundary
+
+    def _aggregate(self, source: str, tier: Tier, model: str) -> Aggregate:
+        key = (source, tier, model)
+        aggregate = self.models.get(key)
+        if aggregate is None:
+            known = sum(1 for existing in self.models if existing[0] == source)
+            if known >= MAX_MODELS:
+                key = (source, tier, OTHER_MODELS)
+                aggregate = self.models.get(key)
+            if aggregate is None:
+                aggregate = self.models[key] = Aggregate()
+        return aggregate
+
+    def _bucket(self, kind: BucketKind, moment: datetime) -> Bucket:
+        start = bucket_start(moment, kind, self.zone)
+        table = self.buckets[kind]
+        bucket = table.get(start)
+        if bucket is None:
+            bucket = table[start] = Bucket()
+        return bucket
+
+    def prune(self, now: datetime) -> None:
+        """Drop buckets older than their retention."""
+        for kind, keep in BUCKET_RETENTION.items():
+            cutoff = (now - keep).timestamp()
+            table = self.buckets[kind]
+            for start in [start for start in table if start < cutoff]:
+                del table[start]
+
+    # -- queries -----------------------------------------------------------------------
+
+    def total_cost(self) -> float:
+        return sum(totals.cost_usd for totals in self.sources.values())
+
+    def events_processed(self) -> int:
+        return sum(totals.events for totals in self.sources.values())
+
+    def by_tier(self) -> dict[Tier, dict[str, float | int]]:
+        result: dict[Tier, dict[str, float | int]] = {
+            tier: {"cost_usd": 0.0, "requests": 0, "tokens": 0} for tier in TIERS
+        }
+        for (_, tier, _), aggregate in self.models.items():
+            row = result[tier]
+            row["cost_usd"] += aggregate.cost_usd
+            row["requests"] += aggregate.requests
+            row["tokens"] += aggregate.tokens
+        return result
+
+    def by_model(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = {}
+        for (_, tier, model), aggregate in self.models.items():
+            row = result.setdefault(
+                model,
+                {
+                    "tier": tier,
+                    "cost_usd": 0.0,
+                    "requests": 0,
+                    "tokens": 0,
+                    "cache_hits": 0,
+                    "overrides": 0,
+                    "recorded_cost_usd": 0.0,
+                    "calculated_cost_usd": 0.0,
+                    "unpriced_requests": 0,
+                },
+            )
+            row["cost_usd"] += aggregate.cost_usd
+            row["requests"] += aggregate.requests
+            row["tokens"] += aggregate.tokens
+            row["cache_hits"] += aggregate.cache_hits
+            row["overrides"] += aggregate.overrides
+            row["recorded_cost_usd"] += aggregate.recorded_cost_usd
+            row["calculated_cost_usd"] += aggregate.calculated_cost_usd
+            row["unpriced_requests"] += aggregate.unpriced_requests
+        return result
+
+    def window_cost(self, now: datetime, seconds: float) -> float:
+        """Cost in the minute buckets overlapping the last ``seconds``."""
+        since = bucket_start(now - timedelta(seconds=seconds), "minute", self.zone)
+        # The bucket containing the window start is only partly inside it.
+        total = 0.0
+        for start, bucket in self.buckets["minute"].items():
+            if start < since:
+                continue
+            weight = 1.0
+            if start == since:
+                window_start = now.timestamp() - seconds
+                weight = max(0.0, min(1.0, (start + 60 - window_start) / 60))
+            total += bucket.total_cost * weight
+        return total
+
+    def burn_rate(self, now: datetime, seconds: float) -> float:
+        """USD per hour over the last ``seconds``, never over a denominator below the floor."""
+        covered = seconds
+        if self.first_observation is not None:
+            covered = min(seconds, max(0.0, (now - self.first_observation).total_seconds()))
+        denominator = max(covered, seconds * BURN_RATE_FLOOR_SHARE)
+        return self.window_cost(now, seconds) / denominator * 3600.0
+
+    def period_bounds(self, now: datetime, period: str) -> tuple[datetime, datetime]:
+        """Local start and end of ``this_hour``, ``today``, ``this_week`` or ``this_month``."""
+        here = local(now, self.zone)
+        if period == "this_hour":
+            start = here.replace(minute=0, second=0, microsecond=0)
+            return start, start + timedelta(hours=1)
+        if period == "today":
+            start = here.replace(hour=0, minute=0, second=0, microsecond=0)
+            end = (start + timedelta(days=1, hours=3)).replace(hour=0)
+            return local(start, self.zone), local(end, self.zone)
+        if period == "this_week":
+            monday = here - timedelta(days=here.weekday())
+            start = monday.replace(hour=0, minute=0, second=0, microsecond=0)
+            end = (start + timedelta(days=7, hours=3)).replace(hour=0)
+            return local(start, self.zone), local(end, self.zone)
+        start = here.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = (start + timedelta(days=32)).replace(day=1)
+        return local(start, self.zone), local(following, self.zone)
+
+    def period_totals(
+        self, now: datetime, period: str, tier: str | None = None
+    ) -> tuple[float, int]:
+        """Cost and requests in a period so far, from the finest buckets that cover it."""
+        start, _ = self.period_bounds(now, period)
+        kind: BucketKind = "minute" if period == "this_hour" else "hour"
+        if period in ("this_week", "this_month"):
+            kind = "day"
+        if period == "today":
+            kind = "hour"
+        cutoff = start.timestamp()
+        cost = 0.0
+        requests = 0
+        for bucket_at, bucket in self.buckets[kind].items():
+            if bucket_at < cutoff:
+                continue
+            if tier is None:
+                cost += bucket.total_cost
+                requests += bucket.total_requests
+            else:
+                cost += bucket.cost.get(tier, 0.0)
+                requests += bucket.requests.get(tier, 0)
+        return cost, requests
+
+    def timeseries(
+        self, kind: BucketKind, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        cutoff = since.timestamp() if since is not None else float("-inf")
+        rows = []
+        for start in sorted(self.buckets[kind]):
+            if start < cutoff:
+                continue
+            bucket = self.buckets[kind][start]
+            rows.append(
+                {
+                    "start": datetime.fromtimestamp(start, self.zone).isoformat(),
+                    "cost_usd": bucket.total_cost,
+                    "requests": bucket.total_requests,
+                    "cost_by_tier": dict(bucket.cost),
+                    "requests_by_tier": dict(bucket.requests),
+                }
+            )
+        return rows
+
+    def recent_events(self, limit: int) -> list[AccountedEvent]:
+        """The newest ``limit`` accounted events, newest first."""
+        result: list[AccountedEvent] = []
+        for event in reversed(self.recent):
+            if len(result) >= limit:
+                break
+            result.append(event)
+        return result
+
+    def restore_events(self, events: Iterable[AccountedEvent]) -> None:
+        """Refill the recent ring (oldest first) without touching counters."""
+        for event in events:
+            self.recent.append(event)
+
+    # -- persistence -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Counters and buckets as plain data (the recent ring is rebuilt from events)."""
+        return {
+            "version": 1,
+            "first_observation": (
+                self.first_observation.isoformat() if self.first_observation else None
+            ),
+            "sources": {
+                name: {
+                    **{key: value for key, value in vars(totals).items() if key != "requests_by_type"},
+                    "requests_by_type": [
+                        [tier, event_type, count]
+                        for (tier, event_type), count in totals.requests_by_type.items()
+                    ],
+                }
+                for name, totals in self.sources.items()
+            },
+            "models": [[source, tier, model, vars(agg)] for (source, tier, model), agg in self.models.items()],
+            "buckets": {
+                kind: [[start, bucket.cost, bucket.requests] for start, bucket in table.items()]
+                for kind, table in self.buckets.items()
+            },
+            "last_event_at": {name: at.isoformat() for name, at in self.last_event_at.items()},
+            "unpriced_models": dict(self.unpriced_models),
+        }
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        """Replace counters and buckets with ``data`` from :meth:`to_dict`."""
+        first = data.get("first_observation")
+        self.first_observation = datetime.fromisoformat(first) if first else None
+        self.sources = {}
+        for name, values in data.get("sources", {}).items():
+            values = dict(values)
+            by_type = {
+                (tier, event_type): count for tier, event_type, count in values.pop("requests_by_type", [])
+            }
+            self.sources[name] = SourceTotals(**values, requests_by_type=by_type)
+        self.models = {
+            (source, tier, model): Aggregate(**values)
+            for source, tier, model, values in data.get("models", [])
+        }
+        for kind in BUCKET_RETENTION:
+            self.buckets[kind] = {
+                float(start): Bucket(dict(cost), dict(requests))
+                for start, cost, requests in data.get("buckets", {}).get(kind, [])
+            }
+        self.last_event_at = {
+            name: datetime.fromisoformat(at) for name, at in data.get("last_event_at", {}).items()
+        }
+        self.unpriced_models = dict(data.get("unpriced_models", {}))

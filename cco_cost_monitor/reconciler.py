@@ -1,0 +1,708 @@
+"""Exactly-once accounting: from repeated proxy snapshots to accounted facts. Pure, no I/O.
+
+The proxy's events carry no id and every snapshot repeats the last 20 of them, so a
+:class:`Reconciler` (one per source) remembers what it has counted, by content, in a
+bounded ordered set, and compares the proxy's cumulative totals between snapshots.
+
+Per snapshot it returns an :class:`Accounting`: the newly seen events, priced, and an
+:class:`Unattributed` remainder. The invariant it keeps, per source::
+
+    attributed cost + unattributed cost == growth of project.cost since first contact
+
+(summed over proxy restarts); likewise for requests against ``project.calls``.
+
+Rules (see docs/accounting.md for the worked reasoning):
+
+- **First contact**: the totals and the events already in the window are history. They
+  set the baseline and count nothing.
+- **Gap**: the growth of ``calls``/``cost`` beyond the new request events (``api_call``,
+  ``cache_hit``) is unattributed spend (bursts beyond the window, events that scrolled
+  out while disconnected). It is never dropped and never counted twice.
+- **Proxy restart**: ``machine.uptime`` or a total going down, or the proxy's start time
+  (``last_updated - uptime``) moving. The ring restarts empty, so every event in the
+  first window after a restart is new; the reloaded total is ``total - new events``.
+  When that window is full, more post-restart events may have scrolled out: the
+  reloaded total is then taken as at most the last total seen before the restart and
+  the difference is unattributed with reason ``restart_overflow`` (an estimate).
+- ``model_override`` is its own kind: never a request, never cost.
+- Old ``{cache, models, totals}`` format: spend is the per-model growth of the totals.
+- Gateway stream: ``request_id`` is the identity; ``started`` gives the model, joined with
+  ``completed`` in a bounded pending map; ``lag`` is counted as lost events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from cco_cost_monitor.pricing import PriceTable, Tier, tier_of
+from cco_cost_monitor.wire import (
+    ActivityEvent,
+    Frame,
+    GatewayCompleted,
+    GatewayError,
+    GatewayLag,
+    GatewayStarted,
+    GatewayTextDelta,
+    OldSnapshot,
+    ProxyError,
+    Snapshot,
+    event_key,
+    parse_timestamp,
+)
+
+__all__ = [
+    "REQUEST_EVENT_TYPES",
+    "AccountedEvent",
+    "Accounting",
+    "BoundedKeySet",
+    "Reconciler",
+    "SourceState",
+    "Unattributed",
+]
+
+REQUEST_EVENT_TYPES = frozenset({"api_call", "cache_hit"})
+PROXY_WINDOW = 20
+# How far the proxy's derived start time may wander (uptime is whole seconds, clocks drift)
+# before we call it a restart.
+START_TIME_TOLERANCE = timedelta(seconds=10)
+COST_EPSILON = 1e-9
+PERSISTED_KEYS = 512
+
+CostBasis = Literal["recorded", "apportioned", "calculated", "none"]
+
+
+def digest(identity: str) -> str:
+    """A short, stable digest of an identity string (stable across processes)."""
+    return hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
+
+
+class BoundedKeySet:
+    """An insertion-ordered set of at most ``capacity`` keys; the oldest are forgotten first.
+
+    The proxy only ever replays its last 20 events, so a memory of thousands of keys
+    outlives any window by orders of magnitude.
+    """
+
+    __slots__ = ("_keys", "capacity")
+
+    def __init__(self, capacity: int, keys: Iterable[str] = ()) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        for key in keys:
+            self.add(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str) -> None:
+        if key in self._keys:
+            return
+        self._keys[key] = None
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+
+    def newest(self, count: int) -> list[str]:
+        """The ``count`` most recently added keys, oldest first."""
+        if count >= len(self._keys):
+            return list(self._keys)
+        keys = list(self._keys)
+        return keys[-count:]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountedEvent:
+    """One fact counted exactly once: an event, or an old-format per-model delta."""
+
+    source: str
+    key: str
+    occurred_at: datetime
+    event_type: str
+    model: str | None
+    tier: Tier
+    requests: int
+    cache_hits: int
+    tokens: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_ms: int | None
+    status: str | None
+    cost_usd: float
+    recorded_cost_usd: float | None
+    calculated_cost_usd: float | None
+    cost_basis: CostBasis
+    priced: bool
+    price_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "key": self.key,
+            "occurred_at": self.occurred_at.isoformat(),
+            "event_type": self.event_type,
+            "model": self.model,
+            "tier": self.tier,
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "tokens": self.tokens,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "latency_ms": self.latency_ms,
+            "status": self.status,
+            "cost_usd": self.cost_usd,
+            "recorded_cost_usd": self.recorded_cost_usd,
+            "calculated_cost_usd": self.calculated_cost_usd,
+            "cost_basis": self.cost_basis,
+            "priced": self.priced,
+            "price_version": self.price_version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AccountedEvent:
+        values = dict(data)
+        values["occurred_at"] = datetime.fromisoformat(values["occurred_at"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Unattributed:
+    """Requests and dollars the totals grew by that no visible event explains."""
+
+    source: str
+    occurred_at: datetime
+    requests: int
+    cost_usd: float
+    lost_events: int
+    reason: Literal["gap", "restart_overflow", "lag"]
+    # Start of the interval the remainder happened in (the previous snapshot), so that
+    # spend found after a long disconnect is spread over it instead of spiking.
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accounting:
+    """What one frame added. Empty when the frame repeated what was already counted."""
+
+    source: str
+    observed_at: datetime
+    events: tuple[AccountedEvent, ...] = ()
+    unattributed: Unattributed | None = None
+    first_contact: bool = False
+    proxy_restart: bool = False
+    proxy_error: str | None = None
+
+    @property
+    def cost_usd(self) -> float:
+        extra = self.unattributed.cost_usd if self.unattributed else 0.0
+        return sum(event.cost_usd for event in self.events) + extra
+
+    @property
+    def requests(self) -> int:
+        extra = self.unattributed.requests if self.unattributed else 0
+        return sum(event.requests for event in self.events) + extra
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.events and self.unattributed is None and not self.first_contact
+
+
+@dataclass
+class SourceState:
+    """Everything a reconciler must remember about one source; saved with what it counted."""
+
+    kind: Literal["analytics", "gateway"] = "analytics"
+    baseline_set: bool = False
+    baseline_cost: float = 0.0
+    baseline_calls: int = 0
+    last_cost: float | None = None
+    last_calls: int | None = None
+    last_uptime: int | None = None
+    last_started_at: str | None = None
+    last_snapshot_at: str | None = None
+    # Key of the newest event of the previous window: a window that is not full and
+    # lacks it can only come from a restarted proxy (its ring restarts empty).
+    last_window_tail: str | None = None
+    proxy_cost: float | None = None
+    proxy_restarts: int = 0
+    gaps: int = 0
+    growth_cost: float = 0.0
+    growth_requests: int = 0
+    attributed_cost: float = 0.0
+    attributed_requests: int = 0
+    unattributed_cost: float = 0.0
+    unattributed_requests: int = 0
+    lost_events: int = 0
+    proxy_errors: int = 0
+    pending_evicted: int = 0
+    old_models: dict[str, list[float]] = field(default_factory=dict)
+    pending: dict[str, list[str | None]] = field(default_factory=dict)
+
+    def to_dict(self, seen: BoundedKeySet) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["seen"] = seen.newest(PERSISTED_KEYS)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> tuple[SourceState, list[str]]:
+        values = dict(data)
+        seen = list(values.pop("seen", []))
+        known = {key: value for key, value in values.items() if key in cls.__dataclass_fields__}
+        return cls(**known), seen
+
+
+class Reconciler:
+    """Turns the frames of one source into :class:`Accounting` results, exactly once."""
+
+    def __init__(
+        self,
+        source: str,
+        prices: PriceTable,
+        *,
+        kind: Literal["analytics", "gateway"] = "analytics",
+        capacity: int = 10_000,
+        pending_capacity: int = 10_000,
+        window: int = PROXY_WINDOW,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        self.source = source
+        self.prices = prices
+        self.window = window
+        self.pending_capacity = pending_capacity
+        if state is not None:
+            self.state, keys = SourceState.from_dict(state)
+            self.seen = BoundedKeySet(capacity, keys)
+        else:
+            self.state = SourceState(kind=kind)
+            self.seen = BoundedKeySet(capacity)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The state to persist together with the accounting it produced."""
+        return self.state.to_dict(self.seen)
+
+    # -- entry point -----------------------------------------------------------------
+
+    def apply(self, frame: Frame, observed_at: datetime) -> Accounting:
+        """Account one parsed frame observed at ``observed_at`` (aware datetime)."""
+        if isinstance(frame, Snapshot):
+            return self._apply_snapshot(frame, observed_at)
+        if isinstance(frame, OldSnapshot):
+            return self._apply_old(frame, observed_at)
+        if isinstance(frame, ProxyError):
+            self.state.proxy_errors += 1
+            return Accounting(self.source, observed_at, proxy_error=frame.error[:500])
+        return self._apply_gateway(frame, observed_at)
+
+    # -- current format --------------------------------------------------------------
+
+    def _restarted(self, snap: Snapshot, started_at: datetime | None, keys: list[str]) -> bool:
+        state = self.state
+        if (
+            state.last_window_tail is not None
+            and len(keys) < self.window
+            and state.last_window_tail not in keys
+        ):
+            return True
+        calls, cost, uptime = snap.project.calls, snap.project.cost, snap.machine.uptime
+        if uptime is not None and state.last_uptime is not None and uptime < state.last_uptime:
+            return True
+        if calls is not None and state.last_calls is not None and calls < state.last_calls:
+            return True
+        if (
+            cost is not None
+            and state.last_cost is not None
+            and cost < state.last_cost - COST_EPSILON
+        ):
+            return True
+        if started_at is not None and state.last_started_at is not None:
+            previous = datetime.fromisoformat(state.last_started_at)
+            return abs(started_at - previous) > START_TIME_TOLERANCE
+        return False
+
+    def _apply_snapshot(self, snap: Snapshot, observed_at: datetime) -> Accounting:
+        state = self.state
+        calls = snap.project.calls
+        cost = None if snap.project.cost is None else float(snap.project.cost)
+        uptime = snap.machine.uptime
+        snapshot_at = parse_timestamp(snap.project.last_updated)
+        started_at = (
+            snapshot_at - timedelta(seconds=uptime)
+            if snapshot_at is not None and uptime is not None
+            else None
+        )
+        keys = [digest(event_key(event)) for event in snap.activity]
+
+        if not state.baseline_set:
+            for key in keys:
+                self.seen.add(key)
+            state.baseline_set = True
+            state.baseline_cost = cost or 0.0
+            state.baseline_calls = calls or 0
+            state.last_window_tail = keys[-1] if keys else None
+            self._remember_totals(cost, calls, uptime, started_at, snapshot_at, observed_at)
+            return Accounting(self.source, observed_at, first_contact=True)
+
+        restart = self._restarted(snap, started_at, keys)
+        new_pairs = [
+            (key, event)
+            for key, event in zip(keys, snap.activity, strict=True)
+            if key not in self.seen
+        ]
+        for key, _ in new_pairs:
+            self.seen.add(key)
+        events = [self._account_activity(key, event, observed_at) for key, event in new_pairs]
+        new_requests = sum(event.requests for event in events)
+
+        unattributed_requests = 0
+        unattributed_cost = 0.0
+        reason: Literal["gap", "restart_overflow"] = "gap"
+        if restart:
+            state.proxy_restarts += 1
+            events = self._apportion(events, None)
+            new_cost = sum(event.cost_usd for event in events)
+            if calls is not None and cost is not None and len(snap.activity) >= self.window:
+                # Post-restart events may have scrolled out; the reloaded total is at most
+                # what we saw before the restart.
+                reloaded_calls = calls - new_requests
+                reloaded_cost = cost - new_cost
+                if state.last_calls is not None:
+                    unattributed_requests = max(0, reloaded_calls - state.last_calls)
+                if state.last_cost is not None:
+                    unattributed_cost = max(0.0, reloaded_cost - state.last_cost)
+                reason = "restart_overflow"
+        else:
+            delta_calls = None
+            delta_cost = None
+            if calls is not None and state.last_calls is not None:
+                delta_calls = calls - state.last_calls
+                unattributed_requests = delta_calls - new_requests
+            if cost is not None and state.last_cost is not None:
+                delta_cost = cost - state.last_cost
+            explained_calls = delta_calls is None or unattributed_requests == 0
+            events = self._apportion(
+                events, delta_cost if explained_calls and delta_cost is not None else None
+            )
+            if delta_cost is not None:
+                unattributed_cost = delta_cost - sum(event.cost_usd for event in events)
+        if abs(unattributed_cost) < COST_EPSILON:
+            unattributed_cost = 0.0
+
+        unattributed = None
+        if unattributed_requests or unattributed_cost:
+            state.gaps += 1
+            previous = state.last_snapshot_at
+            unattributed = Unattributed(
+                self.source,
+                snapshot_at or observed_at,
+                unattributed_requests,
+                unattributed_cost,
+                0,
+                reason,
+                None if restart or previous is None else datetime.fromisoformat(previous),
+            )
+        state.last_window_tail = keys[-1] if keys else None
+        self._remember_totals(cost, calls, uptime, started_at, snapshot_at, observed_at)
+        accounting = Accounting(
+            self.source,
+            observed_at,
+            tuple(events),
+            unattributed,
+            proxy_restart=restart,
+        )
+        self._count(accounting)
+        return accounting
+
+    def _remember_totals(
+        self,
+        cost: float | None,
+        calls: int | None,
+        uptime: int | None,
+        started_at: datetime | None,
+        snapshot_at: datetime | None,
+        observed_at: datetime,
+    ) -> None:
+        state = self.state
+        if cost is not None:
+            state.last_cost = cost
+            state.proxy_cost = cost
+        if calls is not None:
+            state.last_calls = calls
+        if uptime is not None:
+            state.last_uptime = uptime
+        if started_at is not None:
+            state.last_started_at = started_at.isoformat()
+        state.last_snapshot_at = (snapshot_at or observed_at).isoformat()
+
+    def _count(self, accounting: Accounting) -> None:
+        state = self.state
+        for event in accounting.events:
+            state.attributed_cost += event.cost_usd
+            state.attributed_requests += event.requests
+        if accounting.unattributed is not None:
+            state.unattributed_cost += accounting.unattributed.cost_usd
+            state.unattributed_requests += accounting.unattributed.requests
+            state.lost_events += accounting.unattributed.lost_events
+        state.growth_cost = state.attributed_cost + state.unattributed_cost
+        state.growth_requests = state.attributed_requests + state.unattributed_requests
+
+    def _account_activity(
+        self, key: str, event: ActivityEvent, observed_at: datetime
+    ) -> AccountedEvent:
+        is_request = event.event_type in REQUEST_EVENT_TYPES
+        recorded = None if event.cost is None else float(event.cost)
+        calculated: float | None = None
+        priced = True
+        if event.event_type == "api_call" and event.tokens is not None:
+            estimate = self.prices.cost_combined(event.model, event.tokens)
+            priced = estimate is not None
+            calculated = estimate.usd if estimate else None
+        elif event.event_type == "api_call":
+            priced = self.prices.match(event.model) is not None
+        elif event.event_type == "cache_hit":
+            calculated = 0.0
+        if not is_request:
+            cost, basis = 0.0, "none"
+        elif recorded is not None:
+            cost, basis = recorded, "recorded"
+        elif calculated is not None:
+            cost, basis = calculated, "calculated"
+        else:
+            cost, basis = 0.0, "none"
+        return AccountedEvent(
+            source=self.source,
+            key=key,
+            occurred_at=parse_timestamp(event.timestamp) or observed_at,
+            event_type=event.event_type,
+            model=event.model,
+            tier=tier_of(event.model),
+            requests=1 if is_request else 0,
+            cache_hits=1 if event.event_type == "cache_hit" else 0,
+            tokens=event.tokens,
+            input_tokens=None,
+            output_tokens=None,
+            latency_ms=event.latency_ms,
+            status=event.status,
+            cost_usd=cost,
+            recorded_cost_usd=recorded,
+            calculated_cost_usd=calculated,
+            cost_basis=basis,  # type: ignore[arg-type]
+            priced=priced,
+            price_version=self.prices.version,
+        )
+
+    def _apportion(
+        self, events: list[AccountedEvent], delta_cost: float | None
+    ) -> list[AccountedEvent]:
+        """Give events that carry no cost (early format) a share of the unexplained growth.
+
+        When every new call is visible (``delta_cost`` given), the growth not covered by
+        recorded costs belongs to the cost-less events: split it in proportion to their
+        calculated cost. Otherwise they keep their calculated cost, an estimate.
+        """
+        costless = [
+            index
+            for index, event in enumerate(events)
+            if event.requests and event.recorded_cost_usd is None and event.event_type == "api_call"
+        ]
+        if not costless or delta_cost is None:
+            return events
+        recorded_total = sum(
+            event.cost_usd for event in events if event.recorded_cost_usd is not None
+        )
+        remaining = max(0.0, delta_cost - recorded_total)
+        weights = [events[index].calculated_cost_usd or 0.0 for index in costless]
+        total_weight = sum(weights)
+        result = list(events)
+        for index, weight in zip(costless, weights, strict=True):
+            share = weight / total_weight if total_weight > 0 else 1.0 / len(costless)
+            result[index] = _replace_cost(result[index], remaining * share, "apportioned")
+        return result
+
+    # -- old format -------------------------------------------------------------------
+
+    def _apply_old(self, snap: OldSnapshot, observed_at: datetime) -> Accounting:
+        state = self.state
+        totals = {
+            entry.model: [float(entry.requests), float(entry.cache_hits), float(entry.actual_cost)]
+            for entry in snap.models
+        }
+        requests = snap.totals.requests
+        cost = float(snap.totals.actual_cost)
+        if not state.baseline_set:
+            state.baseline_set = True
+            state.baseline_cost = cost
+            state.baseline_calls = requests
+            state.old_models = totals
+            state.last_cost, state.last_calls, state.proxy_cost = cost, requests, cost
+            state.last_snapshot_at = observed_at.isoformat()
+            return Accounting(self.source, observed_at, first_contact=True)
+        restart = state.last_calls is not None and requests < state.last_calls
+        events: list[AccountedEvent] = []
+        if restart:
+            # The old format has no event window: spend between the restart and this
+            # snapshot cannot be told from the reloaded totals. Re-baseline.
+            state.proxy_restarts += 1
+        else:
+            for model, (model_requests, hits, model_cost) in totals.items():
+                before = state.old_models.get(model, [0.0, 0.0, 0.0])
+                delta_requests = int(model_requests - before[0])
+                delta_hits = int(hits - before[1])
+                delta_cost = model_cost - before[2]
+                if delta_requests <= 0 and abs(delta_cost) < COST_EPSILON:
+                    continue
+                events.append(
+                    AccountedEvent(
+                        source=self.source,
+                        key=digest(f"old\x1f{model}\x1f{observed_at.isoformat()}"),
+                        occurred_at=observed_at,
+                        event_type="aggregate",
+                        model=model,
+                        tier=tier_of(model),
+                        requests=delta_requests,
+                        cache_hits=delta_hits,
+                        tokens=None,
+                        input_tokens=None,
+                        output_tokens=None,
+                        latency_ms=None,
+                        status=None,
+                        cost_usd=delta_cost,
+                        recorded_cost_usd=delta_cost,
+                        calculated_cost_usd=None,
+                        cost_basis="recorded",
+                        priced=self.prices.match(model) is not None,
+                        price_version=self.prices.version,
+                    )
+                )
+        unattributed = None
+        if not restart and state.last_calls is not None and state.last_cost is not None:
+            missing_requests = (requests - state.last_calls) - sum(e.requests for e in events)
+            missing_cost = (cost - state.last_cost) - sum(e.cost_usd for e in events)
+            if abs(missing_cost) < COST_EPSILON:
+                missing_cost = 0.0
+            if missing_requests or missing_cost:
+                state.gaps += 1
+                unattributed = Unattributed(
+                    self.source, observed_at, missing_requests, missing_cost, 0, "gap"
+                )
+        state.old_models = totals
+        state.last_cost, state.last_calls, state.proxy_cost = cost, requests, cost
+        state.last_snapshot_at = observed_at.isoformat()
+        accounting = Accounting(
+            self.source, observed_at, tuple(events), unattributed, proxy_restart=restart
+        )
+        self._count(accounting)
+        return accounting
+
+    # -- gateway stream ---------------------------------------------------------------
+
+    def _apply_gateway(
+        self,
+        frame: GatewayStarted | GatewayTextDelta | GatewayCompleted | GatewayError | GatewayLag,
+        observed_at: datetime,
+    ) -> Accounting:
+        state = self.state
+        state.baseline_set = True
+        if isinstance(frame, GatewayLag):
+            if frame.skipped == 0:
+                return Accounting(self.source, observed_at)
+            state.gaps += 1
+            accounting = Accounting(
+                self.source,
+                observed_at,
+                unattributed=Unattributed(self.source, observed_at, 0, 0.0, frame.skipped, "lag"),
+            )
+            self._count(accounting)
+            return accounting
+        if isinstance(frame, GatewayTextDelta):
+            return Accounting(self.source, observed_at)
+        key = digest(f"gw\x1f{frame.request_id}")
+        if key in self.seen:
+            return Accounting(self.source, observed_at)
+        if isinstance(frame, GatewayStarted):
+            state.pending[frame.request_id] = [frame.model, observed_at.isoformat()]
+            while len(state.pending) > self.pending_capacity:
+                del state.pending[next(iter(state.pending))]
+                state.pending_evicted += 1
+            return Accounting(self.source, observed_at)
+        started = state.pending.pop(frame.request_id, None)
+        model = started[0] if started else None
+        self.seen.add(key)
+        if isinstance(frame, GatewayError):
+            event = self._gateway_event(key, "error", model, observed_at, 0, 0, 0.0, "error")
+        else:
+            event = self._gateway_event(
+                key,
+                "api_call",
+                model,
+                observed_at,
+                frame.input_tokens,
+                frame.output_tokens,
+                None if frame.cost_usd is None else float(frame.cost_usd),
+                "success",
+            )
+        accounting = Accounting(self.source, observed_at, (event,))
+        self._count(accounting)
+        return accounting
+
+    def _gateway_event(
+        self,
+        key: str,
+        event_type: str,
+        model: str | None,
+        observed_at: datetime,
+        input_tokens: int,
+        output_tokens: int,
+        recorded: float | None,
+        status: str,
+    ) -> AccountedEvent:
+        estimate = (
+            self.prices.cost(model, input_tokens=input_tokens, output_tokens=output_tokens)
+            if event_type == "api_call"
+            else None
+        )
+        calculated = estimate.usd if estimate else None
+        if recorded is not None:
+            cost, basis = recorded, "recorded"
+        elif calculated is not None:
+            cost, basis = calculated, "calculated"
+        else:
+            cost, basis = 0.0, "none"
+        return AccountedEvent(
+            source=self.source,
+            key=key,
+            occurred_at=observed_at,
+            event_type=event_type,
+            model=model,
+            tier=tier_of(model),
+            requests=1,
+            cache_hits=0,
+            tokens=input_tokens + output_tokens,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=None,
+            status=status,
+            cost_usd=cost,
+            recorded_cost_usd=recorded,
+            calculated_cost_usd=calculated,
+            cost_basis=basis,  # type: ignore[arg-type]
+            priced=event_type != "api_call" or estimate is not None,
+            price_version=self.prices.version,
+        )
+
+
+def _replace_cost(event: AccountedEvent, cost: float, basis: CostBasis) -> AccountedEvent:
+    values = event.as_dict()
+    values["occurred_at"] = event.occurred_at
+    values["cost_usd"] = cost
+    values["cost_basis"] = basis
+    return AccountedEvent(**values)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,311 @@
+"""The service lifecycle: start-up, the main loop, reload and shutdown.
+
+:class:`Service` owns the running pieces — one :class:`~cco_cost_monitor.source.SseSource`
+and one :class:`~cco_cost_monitor.reconciler.Reconciler` per source, the
+:class:`~cco_cost_monitor.engine.Engine`, the store writer and the HTTP site — and
+:func:`run_service` drives it: take the PID lock, open the database, bind the HTTP port
+(``READY=1`` goes out only then), run until SIGTERM/SIGINT, flush, exit 0. Signal
+handlers only set state; SIGHUP re-reads the configuration (a bad one is rejected and
+the old one kept), SIGUSR1 writes a summary to the log.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from cco_cost_monitor import sdnotify
+from cco_cost_monitor.api import make_app
+from cco_cost_monitor.config import Settings, SourceSpec, load_settings
+from cco_cost_monitor.engine import BucketKind, Engine
+from cco_cost_monitor.errors import ConfigError, MonitorError, StartupError
+from cco_cost_monitor.logs import get_logger
+from cco_cost_monitor.pidlock import PidLock
+from cco_cost_monitor.pricing import PriceTable
+from cco_cost_monitor.reconciler import Accounting, Reconciler
+from cco_cost_monitor.source import SseSource
+from cco_cost_monitor.summary import SourceView, build_health, build_summary
+from cco_cost_monitor.wire import Frame
+
+__all__ = ["Service", "run_service"]
+
+log = get_logger("cco_cost_monitor.server")
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Service:
+    """Everything one running monitor holds. Methods are called on the event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        flags: dict[str, Any] | None = None,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self.settings = settings
+        self.flags = dict(flags or {})
+        self.clock = clock
+        self.started_at = clock()
+        self.prices = PriceTable.default().with_overrides(settings.prices)
+        self.engine = Engine(zone=settings.zone, recent_capacity=settings.recent_events)
+        self.reconcilers: dict[str, Reconciler] = {}
+        self.sources: dict[str, SseSource] = {}
+        self.writer: Any = None
+        self.store: Any = None
+        self.reloads = 0
+        for spec in settings.sources:
+            self._add_source(spec, None)
+
+    def _add_source(self, spec: SourceSpec, state: dict[str, Any] | None) -> None:
+        self.reconcilers[spec.name] = Reconciler(
+            spec.name,
+            self.prices,
+            kind=spec.effective_kind,
+            capacity=self.settings.dedupe_capacity,
+            pending_capacity=self.settings.pending_gateway_requests,
+            state=state,
+        )
+        self.sources[spec.name] = SseSource(spec, self.settings, self.on_frame)
+
+    # -- ingestion ---------------------------------------------------------------------
+
+    def on_frame(self, spec: SourceSpec, frame: Frame, observed_at: datetime) -> None:
+        """Account one frame: reconcile, aggregate, hand to the store writer."""
+        reconciler = self.reconcilers[spec.name]
+        accounting = reconciler.apply(frame, observed_at)
+        if accounting.is_empty and accounting.proxy_error is None:
+            return
+        self._log_accounting(accounting)
+        self.engine.record(accounting)
+        if self.writer is not None:
+            self.writer.submit(accounting, reconciler.snapshot_state(), self.engine.to_dict)
+
+    def _log_accounting(self, accounting: Accounting) -> None:
+        if accounting.first_contact:
+            state = self.reconcilers[accounting.source].state
+            log.info(
+                "first contact: baseline set",
+                source=accounting.source,
+                baseline_cost_usd=state.baseline_cost,
+                baseline_calls=state.baseline_calls,
+            )
+        if accounting.proxy_restart:
+            log.warning("proxy restart detected", source=accounting.source)
+        if accounting.proxy_error is not None:
+            log.warning("proxy reported an error", source=accounting.source,
+                        error=accounting.proxy_error)
+        remainder = accounting.unattributed
+        if remainder is not None:
+            log.info(
+                "unattributed spend accounted",
+                source=accounting.source,
+                reason=remainder.reason,
+                requests=remainder.requests,
+                cost_usd=remainder.cost_usd,
+                lost_events=remainder.lost_events,
+            )
+
+    # -- views -------------------------------------------------------------------------
+
+    def views(self) -> list[SourceView]:
+        return [
+            SourceView(source.spec, source.state, self.reconcilers[name])
+            for name, source in self.sources.items()
+        ]
+
+    def store_status(self) -> dict[str, Any] | None:
+        if self.writer is None:
+            return None
+        status: dict[str, Any] = self.writer.status()
+        return status
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        document = build_health(
+            engine=self.engine,
+            views=self.views(),
+            now=self.clock(),
+            started_at=self.started_at,
+            snapshot_interval=self.settings.snapshot_interval_seconds,
+            grace_seconds=self.settings.health_grace_seconds,
+            store=self.store_status(),
+        )
+        return document, 503 if document["status"] == "fail" else 200
+
+    def summary(self) -> dict[str, Any]:
+        return build_summary(engine=self.engine, views=self.views(), now=self.clock())
+
+    def recent_events(self, limit: int) -> list[dict[str, Any]]:
+        return [event.as_dict() for event in self.engine.recent_events(limit)]
+
+    def timeseries(self, kind: BucketKind, since: datetime | None) -> list[dict[str, Any]]:
+        return self.engine.timeseries(kind, since)
+
+    def statusline(self) -> str:
+        now = self.clock()
+        today, _ = self.engine.period_totals(now, "today")
+        rate = self.engine.burn_rate(now, 3600)
+        views = self.views()
+        connected = sum(1 for view in views if view.connection.status == "connected")
+        link = "live" if connected == len(views) else f"{connected}/{len(views)} sources"
+        return f"${today:.2f} today · ${rate:.2f}/h · {link}"
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read config, prices and budgets; keep every count. False if rejected."""
+        try:
+            loaded = load_settings(self.flags)
+        except ConfigError as exc:
+            log.error("reload rejected: keeping the running configuration", error=str(exc))
+            return False
+        new = loaded.settings
+        self.settings = new
+        self.prices = PriceTable.default().with_overrides(new.prices)
+        for reconciler in self.reconcilers.values():
+            reconciler.prices = self.prices
+        self.reloads += 1
+        log.info("configuration reloaded", price_table=self.prices.version)
+        return True
+
+    def log_summary(self) -> None:
+        document = self.summary()
+        log.info(
+            "summary",
+            total_cost_usd=document["totals"]["cost_usd"],
+            requests=document["totals"]["requests"],
+            today_usd=document["periods"]["today"]["cost_usd"],
+            burn_rate_1h=document["burn_rate_usd_per_hour"]["1h"],
+        )
+
+
+async def _start_site(app: web.Application, settings: Settings) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.health_host, settings.health_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {settings.health_port} on {settings.health_host} is already in use "
+                "(another cco-monitor? set --health-port)"
+            ) from None
+        raise StartupError(
+            f"cannot listen on {settings.health_host}:{settings.health_port}: {exc.strerror}"
+        ) from None
+    port = settings.health_port
+    server = getattr(site, "_server", None)
+    sockets = getattr(server, "sockets", None)
+    if sockets:
+        port = sockets[0].getsockname()[1]
+    return runner, port
+
+
+async def serve(service: Service, on_ready: Callable[[], None] | None = None) -> int:
+    """Run ``service`` until SIGTERM/SIGINT. Returns the process exit status."""
+    settings = service.settings
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError(f"state dir {settings.state_dir} is unusable: {exc.strerror}") from None
+    lock = PidLock(settings.pid_path)
+    lock.acquire()
+    try:
+        await _open_store(service)
+        app = make_app(service)
+        _extend_app(app, service)
+        runner, port = await _start_site(app, settings)
+        log.info(
+            "cco-monitor started",
+            health_url=f"http://{settings.health_host}:{port}/health",
+            sources=[spec.name for spec in settings.sources],
+        )
+        try:
+            async with anyio.create_task_group() as tasks:
+                with anyio.open_signal_receiver(
+                    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1
+                ) as signals:
+                    for source in service.sources.values():
+                        tasks.start_soon(source.run)
+                    if service.writer is not None:
+                        tasks.start_soon(service.writer.run)
+                    tasks.start_soon(_watchdog)
+                    sdnotify.notify("READY=1\nSTATUS=listening")
+                    if on_ready is not None:
+                        on_ready()
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            sdnotify.notify("RELOADING=1")
+                            service.reload()
+                            sdnotify.notify("READY=1")
+                            continue
+                        if signum == signal.SIGUSR1:
+                            service.log_summary()
+                            continue
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        sdnotify.notify("STOPPING=1")
+                        break
+                    tasks.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+                await _close_store(service)
+        log.info("cco-monitor stopped")
+        return 0
+    finally:
+        lock.release()
+
+
+async def _watchdog() -> None:
+    period = sdnotify.watchdog_period()
+    if period is None:
+        return
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await anyio.sleep(period)
+
+
+async def _open_store(service: Service) -> None:
+    """Open the database and restore what was counted (store module, if present)."""
+    from cco_cost_monitor import persistence  # noqa: PLC0415
+
+    await persistence.attach(service)
+
+
+async def _close_store(service: Service) -> None:
+    from cco_cost_monitor import persistence  # noqa: PLC0415
+
+    await persistence.detach(service)
+
+
+def _extend_app(app: web.Application, service: Service) -> None:
+    """Routes owned by other modules (metrics, dashboard)."""
+    from cco_cost_monitor import extensions  # noqa: PLC0415
+
+    extensions.install(app, service)
+
+
+def run_service(
+    settings: Settings,
+    *,
+    flags: dict[str, Any] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Create the loop (after any fork) and serve. Raises StartupError before ready."""
+    service = Service(settings, flags=flags)
+    try:
+        return anyio.run(serve, service, on_ready)
+    except MonitorError:
+        raise

@@ -1,0 +1,255 @@
+"""Parsing of every frame the CCO proxy and gateway send: pure, no I/O.
+
+Formats (see the wire-format spec): the current ``analytics`` snapshot
+(``project``/``machine``/``activity``), the early six-field activity events (same
+snapshot, no ``status``/``cost``), the old ``{cache, models, totals}`` snapshot, the
+``error`` event, and the gateway's ``stream_event`` / ``lag`` stream.
+
+Models ignore unknown keys and accept missing optional fields, but are strict about
+types: a token count sent as a string is an error, not a guess. :func:`parse_frame`
+turns one SSE event (name + data) into one of the frame types or raises
+:class:`~cco_cost_monitor.errors.WireError` with a short, bounded ``kind`` for counters.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+
+from cco_cost_monitor.errors import WireError
+
+__all__ = [
+    "ActivityEvent",
+    "Frame",
+    "GatewayCompleted",
+    "GatewayError",
+    "GatewayEvent",
+    "GatewayLag",
+    "GatewayStarted",
+    "GatewayTextDelta",
+    "OldModelTotals",
+    "OldSnapshot",
+    "ProxyError",
+    "Snapshot",
+    "event_key",
+    "parse_frame",
+    "parse_timestamp",
+]
+
+# Integers are accepted where floats are expected (JSON writes 0 for 0.0 in some encoders),
+# but never strings or booleans.
+Number = StrictFloat | StrictInt
+Count = Annotated[StrictInt, Field(ge=0)]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ActivityEvent(_Lenient):
+    """One entry of the proxy's activity ring. Has no id: identity is its full content."""
+
+    timestamp: str
+    event_type: str
+    agent_name: str | None = None
+    model: str | None = None
+    tokens: Count | None = None
+    latency_ms: Count | None = None
+    status: str | None = None
+    cost: Number | None = None
+
+
+class ProjectTotals(_Lenient):
+    """Cumulative totals since the proxy's history began (reloaded at proxy start-up)."""
+
+    name: str | None = None
+    cost: Number | None = None
+    calls: Count | None = None
+    last_updated: str | None = None
+
+
+class MachineInfo(_Lenient):
+    """Only ``uptime`` means anything; it restarts from 0 when the proxy restarts."""
+
+    uptime: Count | None = None
+
+
+class Snapshot(_Lenient):
+    """The current (and early six-field) ``analytics`` snapshot."""
+
+    project: ProjectTotals = Field(default_factory=ProjectTotals)
+    machine: MachineInfo = Field(default_factory=MachineInfo)
+    activity: list[ActivityEvent] = Field(default_factory=list)
+
+
+class OldModelTotals(_Lenient):
+    """Cumulative per-model totals of the old snapshot format."""
+
+    model: str
+    requests: Count = 0
+    cache_hits: Count = 0
+    cache_misses: Count = 0
+    actual_cost: Number = 0.0
+    would_be_cost: Number = 0.0
+    savings: Number = 0.0
+
+
+class OldTotals(_Lenient):
+    requests: Count = 0
+    actual_cost: Number = 0.0
+    would_be_cost: Number = 0.0
+    total_savings: Number = 0.0
+
+
+class OldSnapshot(_Lenient):
+    """The snapshot format before 2025-11-15 20:45: totals only, no events."""
+
+    models: list[OldModelTotals] = Field(default_factory=list)
+    totals: OldTotals
+
+
+class ProxyError(_Lenient):
+    """An ``error`` event: the proxy failed to serialise a snapshot."""
+
+    error: str = ""
+
+
+class GatewayStarted(_Lenient):
+    type: Literal["started"]
+    request_id: str
+    model: str
+    agent_type: str | None = None
+
+
+class GatewayTextDelta(_Lenient):
+    type: Literal["text_delta"]
+    request_id: str
+
+
+class GatewayCompleted(_Lenient):
+    type: Literal["completed"]
+    request_id: str
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cost_usd: Number | None = None
+
+
+class GatewayError(_Lenient):
+    type: Literal["error"]
+    request_id: str
+    message: str = ""
+
+
+GatewayEvent = Annotated[
+    GatewayStarted | GatewayTextDelta | GatewayCompleted | GatewayError,
+    Field(discriminator="type"),
+]
+
+
+class _GatewayEnvelope(BaseModel):
+    event: GatewayEvent
+
+
+class GatewayLag(_Lenient):
+    """The gateway dropped ``skipped`` events for a slow subscriber."""
+
+    skipped: Count = 0
+
+
+Frame = (
+    Snapshot
+    | OldSnapshot
+    | ProxyError
+    | GatewayStarted
+    | GatewayTextDelta
+    | GatewayCompleted
+    | GatewayError
+    | GatewayLag
+)
+
+
+def _load_object(data: str) -> dict[str, object]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise WireError("invalid_json", str(exc)) from None
+    if not isinstance(value, dict):
+        raise WireError("invalid_shape", f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _shape_error(exc: ValidationError) -> WireError:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return WireError("invalid_shape", f"{where}: {first['msg']}")
+
+
+def parse_frame(event: str, data: str) -> Frame:
+    """Parse one SSE event. ``event`` is the SSE event name ('' means 'message')."""
+    name = event or "message"
+    body = _load_object(data)
+    try:
+        if name in ("analytics", "message"):
+            if "project" in body or "activity" in body:
+                return Snapshot.model_validate(body)
+            if "totals" in body:
+                return OldSnapshot.model_validate(body)
+            if name == "message" and "type" in body:
+                return _GatewayEnvelope.model_validate({"event": body}).event
+            raise WireError("unknown_format", f"no project/totals key in {sorted(body)[:8]}")
+        if name == "error":
+            return ProxyError.model_validate(body)
+        if name == "stream_event":
+            return _GatewayEnvelope.model_validate({"event": body}).event
+        if name == "lag":
+            return GatewayLag.model_validate(body)
+    except ValidationError as exc:
+        raise _shape_error(exc) from None
+    raise WireError("unknown_event", f"event {name[:40]!r}")
+
+
+def event_key(event: ActivityEvent) -> str:
+    """The identity of an activity event: every field, the timestamp at full precision.
+
+    ``repr`` of the cost keeps the exact float the proxy printed, so two events differ
+    in key whenever they differ on the wire.
+    """
+    return "\x1f".join(
+        (
+            event.timestamp,
+            event.event_type,
+            event.model or "",
+            "" if event.tokens is None else str(event.tokens),
+            "" if event.latency_ms is None else str(event.latency_ms),
+            event.status or "",
+            "" if event.cost is None else repr(float(event.cost)),
+            event.agent_name or "",
+        )
+    )
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    """RFC 3339 with 0-9 fractional digits; ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # Python keeps microseconds: cut nanosecond digits before parsing (identity keeps them).
+    dot = text.find(".")
+    if dot != -1:
+        end = dot + 1
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        fraction = text[dot + 1 : end][:6]
+        text = text[:dot] + ("." + fraction.ljust(6, "0") if fraction else "") + text[end:]
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed
