@@ -231,7 +231,10 @@ def config_command(as_json: bool, **options: Any) -> None:
 
 def _attach_optional_commands() -> None:
     """Commands that live in their own modules."""
-    for module_name in ("cco_cost_monitor.simulator.cli", "cco_cost_monitor.demo", "cco_cost_monitor.terminal",
+    from cco_cost_monitor.simulator.cli import simulate_command  # noqa: PLC0415
+
+    main.add_command(simulate_command)
+    for module_name in ("cco_cost_monitor.demo", "cco_cost_monitor.terminal",
                         "cco_cost_monitor.dbcli"):
         try:
             module = __import__(module_name, fromlist=["commands"])

@@ -12,6 +12,7 @@ the old one kept), SIGUSR1 writes a summary to the log.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ class Service:
         self.writer: Any = None
         self.store: Any = None
         self.reloads = 0
+        self.health_port = settings.health_port
         for spec in settings.sources:
             self._add_source(spec, None)
 
@@ -216,33 +218,43 @@ async def _start_site(app: web.Application, settings: Settings) -> tuple[web.App
 async def serve(service: Service, on_ready: Callable[[], None] | None = None) -> int:
     """Run ``service`` until SIGTERM/SIGINT. Returns the process exit status."""
     settings = service.settings
-    try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise StartupError(f"state dir {settings.state_dir} is unusable: {exc.strerror}") from None
-    lock = PidLock(settings.pid_path)
-    lock.acquire()
-    try:
-        await _open_store(service)
-        app = make_app(service)
-        _extend_app(app, service)
-        runner, port = await _start_site(app, settings)
-        log.info(
-            "cco-monitor started",
-            health_url=f"http://{settings.health_host}:{port}/health",
-            sources=[spec.name for spec in settings.sources],
-        )
+    # Signal handling first: a SIGHUP sent as soon as the pid is published must not kill us.
+    with anyio.open_signal_receiver(
+        signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1
+    ) as signals:
         try:
-            async with anyio.create_task_group() as tasks:
-                with anyio.open_signal_receiver(
-                    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1
-                ) as signals:
+            settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StartupError(
+                f"state dir {settings.state_dir} is unusable: {exc.strerror}"
+            ) from None
+        lock = PidLock(settings.pid_path)
+        lock.acquire()
+        try:
+            await _open_store(service)
+            try:
+                app = make_app(service)
+                _extend_app(app, service)
+                runner, port = await _start_site(app, settings)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await _close_store(service)
+                raise
+            service.health_port = port
+            log.info(
+                "cco-monitor started",
+                pid=os.getpid(),
+                health_url=f"http://{settings.health_host}:{port}/health",
+                sources=[spec.name for spec in settings.sources],
+            )
+            try:
+                async with anyio.create_task_group() as tasks:
                     for source in service.sources.values():
                         tasks.start_soon(source.run)
                     if service.writer is not None:
                         tasks.start_soon(service.writer.run)
                     tasks.start_soon(_watchdog)
-                    sdnotify.notify("READY=1\nSTATUS=listening")
+                    sdnotify.notify(f"READY=1\nSTATUS=serving on port {port}\nMAINPID={os.getpid()}")
                     if on_ready is not None:
                         on_ready()
                     async for signum in signals:
@@ -258,14 +270,14 @@ async def serve(service: Service, on_ready: Callable[[], None] | None = None) ->
                         sdnotify.notify("STOPPING=1")
                         break
                     tasks.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runner.cleanup()
+                    await _close_store(service)
+            log.info("cco-monitor stopped")
+            return 0
         finally:
-            with anyio.CancelScope(shield=True):
-                await runner.cleanup()
-                await _close_store(service)
-        log.info("cco-monitor stopped")
-        return 0
-    finally:
-        lock.release()
+            lock.release()
 
 
 async def _watchdog() -> None:
