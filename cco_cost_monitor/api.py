@@ -35,7 +35,9 @@ class ServiceView(Protocol):
     def statusline(self) -> str: ...
 
 
-def json_response(data: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
+def json_response(
+    data: Any, status: int = 200, content_type: str = "application/json"
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
         status=status,
@@ -91,13 +93,12 @@ def make_app(service: ServiceView) -> web.Application:
                 text="since must be RFC 3339, epoch seconds or like 30m/6h/7d\n"
             ) from None
         rows = service.timeseries(kind, since)  # type: ignore[arg-type]
-        return json_response({"bucket": kind, "since": since.isoformat() if since else None,
-                              "buckets": rows})
+        return json_response(
+            {"bucket": kind, "since": since.isoformat() if since else None, "buckets": rows}
+        )
 
     async def statusline(_: web.Request) -> web.Response:
-        return web.Response(
-            text=service.statusline() + "\n", headers={"Cache-Control": "no-store"}
-        )
+        return web.Response(text=service.statusline() + "\n", headers={"Cache-Control": "no-store"})
 
     app.router.add_get("/health", health)
     app.router.add_get("/livez", livez)

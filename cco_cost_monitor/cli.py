@@ -31,22 +31,45 @@ EXIT_NOT_RUNNING = 3
 def common_options(func: F) -> F:
     """The options every daemon-facing command shares."""
     options = [
-        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Config file (default: <state dir>/config.toml if present)."),
-        click.option("--source", "sources", multiple=True, metavar="[NAME=]URL",
-                     help="SSE source, repeatable (default http://127.0.0.1:3000/api/stream)."),
-        click.option("--source-token", "source_token", metavar="TOKEN",
-                     help="Bearer token sent to every --source given on the command line."),
+        click.option(
+            "--config",
+            "config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Config file (default: <state dir>/config.toml if present).",
+        ),
+        click.option(
+            "--source",
+            "sources",
+            multiple=True,
+            metavar="[NAME=]URL",
+            help="SSE source, repeatable (default http://127.0.0.1:3000/api/stream).",
+        ),
+        click.option(
+            "--source-token",
+            "source_token",
+            metavar="TOKEN",
+            help="Bearer token sent to every --source given on the command line.",
+        ),
         click.option("--health-host", help="Address of the HTTP server (default 127.0.0.1)."),
         click.option("--health-port", type=int, help="Port of the HTTP server (default 8081)."),
         click.option("--health-token", help="Bearer token required by the HTTP server."),
-        click.option("--allow-unauthenticated", is_flag=True, default=None,
-                     help="Allow a non-loopback --health-host without a token."),
-        click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-                     help="State directory (default $CCO_MONITOR_HOME or ~/.cco-monitor)."),
+        click.option(
+            "--allow-unauthenticated",
+            is_flag=True,
+            default=None,
+            help="Allow a non-loopback --health-host without a token.",
+        ),
+        click.option(
+            "--state-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="State directory (default $CCO_MONITOR_HOME or ~/.cco-monitor).",
+        ),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
-        click.option("--log-format", type=click.Choice(["auto", "json", "console"]),
-                     help="auto: JSON unless stderr is a terminal."),
+        click.option(
+            "--log-format",
+            type=click.Choice(["auto", "json", "console"]),
+            help="auto: JSON unless stderr is a terminal.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -63,8 +86,9 @@ def flags_from(options: dict[str, Any]) -> dict[str, Any]:
         for index, raw in enumerate(sources):
             name, sep, url = raw.partition("=")
             spec: dict[str, Any] = (
-                {"name": name, "url": url} if sep and "://" not in name else {
-                    "name": "default" if index == 0 else f"source{index}", "url": raw}
+                {"name": name, "url": url}
+                if sep and "://" not in name
+                else {"name": "default" if index == 0 else f"source{index}", "url": raw}
             )
             if token:
                 spec["token"] = token
@@ -137,15 +161,20 @@ def start(foreground: bool, **options: Any) -> None:
         sys.exit(EXIT_FAILURE)
 
     def service(on_ready: Callable[[], None]) -> int:
-        configure_logging(settings.log_level, "json" if settings.log_format == "auto"
-                          else settings.log_format, log_file=settings.log_path)
+        configure_logging(
+            settings.log_level,
+            "json" if settings.log_format == "auto" else settings.log_format,
+            log_file=settings.log_path,
+        )
         return run_service(settings, flags=flags, on_ready=on_ready)
 
     try:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        click.echo(f"cco-monitor: could not start: state dir {settings.state_dir}: "
-                   f"{exc.strerror}", err=True)
+        click.echo(
+            f"cco-monitor: could not start: state dir {settings.state_dir}: {exc.strerror}",
+            err=True,
+        )
         sys.exit(EXIT_FAILURE)
     sys.exit(
         daemon.start_background(
@@ -159,8 +188,13 @@ def start(foreground: bool, **options: Any) -> None:
 
 @main.command()
 @common_options
-@click.option("--timeout", type=float, default=10.0, show_default=True,
-              help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
 def stop(timeout: float, **options: Any) -> None:
     """Stop the background monitor (SIGTERM, then SIGKILL after --timeout)."""
     from cco_cost_monitor import daemon  # noqa: PLC0415
@@ -175,7 +209,7 @@ def stop(timeout: float, **options: Any) -> None:
 @common_options
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @click.pass_context
-def restart(ctx: click.Context, timeout: float, **options: Any) -> None:
+def restart(ctx: click.Context, /, timeout: float, **options: Any) -> None:
     """Stop, then start in the background."""
     from cco_cost_monitor import daemon  # noqa: PLC0415
 
@@ -234,8 +268,11 @@ def _attach_optional_commands() -> None:
     from cco_cost_monitor.simulator.cli import simulate_command  # noqa: PLC0415
 
     main.add_command(simulate_command)
-    for module_name in ("cco_cost_monitor.demo", "cco_cost_monitor.terminal",
-                        "cco_cost_monitor.dbcli"):
+    for module_name in (
+        "cco_cost_monitor.demo",
+        "cco_cost_monitor.terminal",
+        "cco_cost_monitor.dbcli",
+    ):
         try:
             module = __import__(module_name, fromlist=["commands"])
         except ModuleNotFoundError as exc:
@@ -256,4 +293,3 @@ def run() -> None:
     except (StartupError, ConfigError) as exc:
         click.echo(f"cco-monitor: {exc}", err=True)
         sys.exit(EXIT_FAILURE)
-

@@ -352,9 +352,7 @@ class Engine:
                 requests += bucket.requests.get(tier, 0)
         return cost, requests
 
-    def timeseries(
-        self, kind: BucketKind, since: datetime | None = None
-    ) -> list[dict[str, Any]]:
+    def timeseries(self, kind: BucketKind, since: datetime | None = None) -> list[dict[str, Any]]:
         cutoff = since.timestamp() if since is not None else float("-inf")
         rows = []
         for start in sorted(self.buckets[kind]):
@@ -397,7 +395,11 @@ class Engine:
             ),
             "sources": {
                 name: {
-                    **{key: value for key, value in vars(totals).items() if key != "requests_by_type"},
+                    **{
+                        key: value
+                        for key, value in vars(totals).items()
+                        if key != "requests_by_type"
+                    },
                     "requests_by_type": [
                         [tier, event_type, count]
                         for (tier, event_type), count in totals.requests_by_type.items()
@@ -405,7 +407,10 @@ class Engine:
                 }
                 for name, totals in self.sources.items()
             },
-            "models": [[source, tier, model, vars(agg)] for (source, tier, model), agg in self.models.items()],
+            "models": [
+                [source, tier, model, vars(agg)]
+                for (source, tier, model), agg in self.models.items()
+            ],
             "buckets": {
                 kind: [[start, bucket.cost, bucket.requests] for start, bucket in table.items()]
                 for kind, table in self.buckets.items()
@@ -419,10 +424,11 @@ class Engine:
         first = data.get("first_observation")
         self.first_observation = datetime.fromisoformat(first) if first else None
         self.sources = {}
-        for name, values in data.get("sources", {}).items():
-            values = dict(values)
+        for name, stored in data.get("sources", {}).items():
+            values = dict(stored)
             by_type = {
-                (tier, event_type): count for tier, event_type, count in values.pop("requests_by_type", [])
+                (tier, event_type): count
+                for tier, event_type, count in values.pop("requests_by_type", [])
             }
             self.sources[name] = SourceTotals(**values, requests_by_type=by_type)
         self.models = {

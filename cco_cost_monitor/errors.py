@@ -1,11 +1,11 @@
 """The exceptions cco-monitor raises, as one small hierarchy.
 
-    MonitorError
-    ├── ConfigError        -- a bad config file, key, value or flag (exit 1, names the key)
-    ├── StartupError       -- the service could not come up (port in use, state dir unwritable)
-    ├── StoreError         -- the database is corrupt, locked or unwritable
-    ├── AlreadyRunning     -- another daemon holds the PID lock (exit 3)
-    └── WireError          -- a frame that is not what the proxy sends (counted and skipped)
+MonitorError
+├── ConfigError        -- a bad config file, key, value or flag (exit 1, names the key)
+├── StartupError       -- the service could not come up (port in use, state dir unwritable)
+├── StoreError         -- the database is corrupt, locked or unwritable
+├── AlreadyRunning     -- another daemon holds the PID lock (exit 3)
+└── WireError          -- a frame that is not what the proxy sends (counted and skipped)
 """
 
 from __future__ import annotations

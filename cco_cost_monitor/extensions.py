@@ -1,4 +1,9 @@
-"""Routes that other modules add to the HTTP app: Prometheus metrics and the dashboard."""
+"""Routes and middleware that other modules add to the HTTP app.
+
+``/metrics`` (:mod:`cco_cost_monitor.metrics`), the dashboard at ``/``
+(:mod:`cco_cost_monitor.dashboard`), and the bearer-token check plus security headers
+(:mod:`cco_cost_monitor.auth`) that cover every route.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,22 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from cco_cost_monitor import auth, dashboard
+from cco_cost_monitor.metrics import metrics_handler
+
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from cco_cost_monitor.server import Service
 
 
 def install(app: web.Application, service: Service) -> None:
-    """Add ``/metrics`` and ``/`` to ``app``."""
+    """Add ``/metrics``, ``/`` and its assets, the token check and the security headers."""
+
+    def current_token() -> SecretStr | None:
+        # Read on each request: a reload that sets or changes the token applies at once.
+        return service.settings.health_token
+
+    auth.install(app, current_token)
+    app.router.add_get("/metrics", metrics_handler(service))
+    dashboard.install(app)

@@ -105,8 +105,9 @@ class Service:
         if accounting.proxy_restart:
             log.warning("proxy restart detected", source=accounting.source)
         if accounting.proxy_error is not None:
-            log.warning("proxy reported an error", source=accounting.source,
-                        error=accounting.proxy_error)
+            log.warning(
+                "proxy reported an error", source=accounting.source, error=accounting.proxy_error
+            )
         remainder = accounting.unattributed
         if remainder is not None:
             log.info(
@@ -254,7 +255,9 @@ async def serve(service: Service, on_ready: Callable[[], None] | None = None) ->
                     if service.writer is not None:
                         tasks.start_soon(service.writer.run)
                     tasks.start_soon(_watchdog)
-                    sdnotify.notify(f"READY=1\nSTATUS=serving on port {port}\nMAINPID={os.getpid()}")
+                    sdnotify.notify(
+                        f"READY=1\nSTATUS=serving on port {port}\nMAINPID={os.getpid()}"
+                    )
                     if on_ready is not None:
                         on_ready()
                     async for signum in signals:

@@ -41,9 +41,7 @@ log = get_logger("cco_cost_monitor.source")
 class Backoff:
     """Full-jitter exponential backoff: a delay uniform in [floor, min(max, initial * 2^n)]."""
 
-    def __init__(
-        self, initial: float, maximum: float, rng: random.Random | None = None
-    ) -> None:
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
         self.initial = initial
         self.maximum = maximum
         self.attempt = 0
@@ -168,9 +166,7 @@ class SseSource:
         self.settings = settings
         self.on_frame = on_frame
         self.state = ConnectionState()
-        self.backoff = Backoff(
-            settings.backoff_initial_seconds, settings.backoff_max_seconds, rng
-        )
+        self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds, rng)
         self.last_event_id: str | None = None
         self._logged_kinds: set[str] = set()
         self.log = log.bind(source=spec.name)

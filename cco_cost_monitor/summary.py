@@ -144,7 +144,7 @@ def build_health(
             }
         ]
     status = health_status(statuses, disk_lag)
-    last_events = [at for at in engine.last_event_at.values()]
+    last_events = list(engine.last_event_at.values())
     last_snapshots = [
         view.connection.last_snapshot_at for view in views if view.connection.last_snapshot_at
     ]

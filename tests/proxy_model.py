@@ -57,23 +57,44 @@ class ProxyModel:
         stamp = rfc3339(self.clock, self.counter)
         if kind == "override":
             self._push(
-                {"timestamp": stamp, "event_type": "model_override", "agent_name": None,
-                 "model": "claude-opus-4", "tokens": None, "latency_ms": None,
-                 "status": "success", "cost": None}
+                {
+                    "timestamp": stamp,
+                    "event_type": "model_override",
+                    "agent_name": None,
+                    "model": "claude-opus-4",
+                    "tokens": None,
+                    "latency_ms": None,
+                    "status": "success",
+                    "cost": None,
+                }
             )
             self.counter += 1
             self.tick(0.001)
             stamp = rfc3339(self.clock, self.counter)
         if kind == "cache_hit":
             cost = 0.0
-            event = {"timestamp": stamp, "event_type": "cache_hit", "agent_name": None,
-                     "model": model, "tokens": tokens, "latency_ms": 0, "status": "success",
-                     "cost": 0.0}
+            event = {
+                "timestamp": stamp,
+                "event_type": "cache_hit",
+                "agent_name": None,
+                "model": model,
+                "tokens": tokens,
+                "latency_ms": 0,
+                "status": "success",
+                "cost": 0.0,
+            }
         else:
             cost = (tokens * 0.75 * price_in + tokens * 0.25 * price_out) / 1_000_000
-            event = {"timestamp": stamp, "event_type": "api_call", "agent_name": None,
-                     "model": model, "tokens": tokens, "latency_ms": 100 + tokens % 900,
-                     "status": "success", "cost": cost}
+            event = {
+                "timestamp": stamp,
+                "event_type": "api_call",
+                "agent_name": None,
+                "model": model,
+                "tokens": tokens,
+                "latency_ms": 100 + tokens % 900,
+                "status": "success",
+                "cost": cost,
+            }
         self._push(event)
         self.calls += 1
         self.cost += cost
@@ -94,8 +115,13 @@ class ProxyModel:
         self.tick(0.01)
         uptime = int((self.clock - self.started).total_seconds())
         return {
-            "project": {"name": "Claude Orchestra", "cost": self.cost, "tokens": 0,
-                        "calls": self.calls, "last_updated": rfc3339(self.clock, 0)},
+            "project": {
+                "name": "Claude Orchestra",
+                "cost": self.cost,
+                "tokens": 0,
+                "calls": self.calls,
+                "last_updated": rfc3339(self.clock, 0),
+            },
             "machine": {"cpu": "N/A", "memory": "N/A", "uptime": uptime, "process_count": 1},
             "activity": list(self.ring[-20:]),
         }

@@ -248,7 +248,9 @@ def test_state_round_trip_keeps_exactly_once() -> None:
     for _ in range(7):
         proxy.call(2, 2000, "api")
     feed(reconciler, proxy)
-    restored = Reconciler("p", PRICES, state=orjson.loads(orjson.dumps(reconciler.snapshot_state())))
+    restored = Reconciler(
+        "p", PRICES, state=orjson.loads(orjson.dumps(reconciler.snapshot_state()))
+    )
     assert feed(restored, proxy).is_empty
     proxy.call(2, 2000, "api")
     assert len(feed(restored, proxy).events) == 1
@@ -257,16 +259,28 @@ def test_state_round_trip_keeps_exactly_once() -> None:
 def test_costless_events_get_the_exact_share_of_the_growth() -> None:
     """Early-format events without cost share the visible growth, labelled apportioned."""
     reconciler = Reconciler("p", PRICES)
-    base = {"project": {"cost": 1.0, "calls": 1, "last_updated": "2025-11-15T21:40:00+00:00"},
-            "machine": {"uptime": 300}, "activity": []}
+    base = {
+        "project": {"cost": 1.0, "calls": 1, "last_updated": "2025-11-15T21:40:00+00:00"},
+        "machine": {"uptime": 300},
+        "activity": [],
+    }
     reconciler.apply(Snapshot.model_validate(base), NOW)
     events = [
-        {"timestamp": f"2025-11-15T21:40:0{i}.123456+00:00", "event_type": "api_call",
-         "agent_name": None, "model": "claude-opus-4", "tokens": 1000 * (i + 1), "latency_ms": 5}
+        {
+            "timestamp": f"2025-11-15T21:40:0{i}.123456+00:00",
+            "event_type": "api_call",
+            "agent_name": None,
+            "model": "claude-opus-4",
+            "tokens": 1000 * (i + 1),
+            "latency_ms": 5,
+        }
         for i in range(2)
     ]
-    snap = {"project": {"cost": 1.3, "calls": 3, "last_updated": "2025-11-15T21:40:05+00:00"},
-            "machine": {"uptime": 305}, "activity": events}
+    snap = {
+        "project": {"cost": 1.3, "calls": 3, "last_updated": "2025-11-15T21:40:05+00:00"},
+        "machine": {"uptime": 305},
+        "activity": events,
+    }
     accounting = reconciler.apply(Snapshot.model_validate(snap), NOW)
     assert {event.cost_basis for event in accounting.events} == {"apportioned"}
     assert sum(event.cost_usd for event in accounting.events) == pytest.approx(0.3)
@@ -278,10 +292,21 @@ def test_old_format_counts_per_model_deltas() -> None:
     reconciler = Reconciler("p", PRICES)
 
     def old(requests: int, cost: float) -> str:
-        return orjson.dumps({"cache": {}, "models": [{"model": "claude-opus-4",
-                             "requests": requests, "cache_hits": 0, "cache_misses": requests,
-                             "actual_cost": cost}], "totals": {"requests": requests,
-                             "actual_cost": cost}}).decode()
+        return orjson.dumps(
+            {
+                "cache": {},
+                "models": [
+                    {
+                        "model": "claude-opus-4",
+                        "requests": requests,
+                        "cache_hits": 0,
+                        "cache_misses": requests,
+                        "actual_cost": cost,
+                    }
+                ],
+                "totals": {"requests": requests, "actual_cost": cost},
+            }
+        ).decode()
 
     assert reconciler.apply(parse_frame("analytics", old(2, 0.05)), NOW).first_contact
     accounting = reconciler.apply(parse_frame("analytics", old(5, 0.20)), NOW)
@@ -294,8 +319,9 @@ def test_gateway_joins_started_and_completed_once() -> None:
     """Gateway requests count once by request_id, with the model from `started`."""
     reconciler = Reconciler("g", PRICES, kind="gateway")
     reconciler.apply(GatewayStarted(type="started", request_id="r1", model="claude-sonnet-4"), NOW)
-    done = GatewayCompleted(type="completed", request_id="r1", input_tokens=1000,
-                            output_tokens=100, cost_usd=0.0045)
+    done = GatewayCompleted(
+        type="completed", request_id="r1", input_tokens=1000, output_tokens=100, cost_usd=0.0045
+    )
     accounting = reconciler.apply(done, NOW)
     assert [(e.model, e.cost_usd, e.input_tokens) for e in accounting.events] == [
         ("claude-sonnet-4", 0.0045, 1000)
@@ -304,7 +330,8 @@ def test_gateway_joins_started_and_completed_once() -> None:
     failed = reconciler.apply(GatewayError(type="error", request_id="r2", message="529"), NOW)
     assert failed.events[0].event_type == "error"
     lag = reconciler.apply(GatewayLag(skipped=3), NOW)
-    assert lag.unattributed is not None and lag.unattributed.lost_events == 3
+    assert lag.unattributed is not None
+    assert lag.unattributed.lost_events == 3
 
 
 def test_gateway_pending_map_is_bounded() -> None:

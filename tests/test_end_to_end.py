@@ -1,0 +1,200 @@
+"""The real daemon process against the real simulator process, on loopback."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Monitor, Simulator, free_port, truth_since_first_contact, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def settle(sim: Simulator, monitor: Monitor) -> None:
+    """Stop traffic and wait until the monitor has seen the proxy's final totals."""
+    sim.traffic(0)
+    time.sleep(0.3)
+
+    def caught_up() -> bool:
+        ledger = sim.ledger()
+        sources = monitor.summary()["sources"]
+        return bool(
+            sources[0]["connection_status"] == "connected"
+            and sources[0]["proxy_reported_calls"] == ledger["proxy_calls"]
+        )
+
+    wait_until(caught_up, timeout=20)
+    time.sleep(0.5)
+
+
+def test_health_shows_connected_and_growing_counts_then_sigterm_exits_0(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor]
+) -> None:
+    """/health says connected, its counters grow, and SIGTERM stops the daemon with 0 in 5 s."""
+    sim = make_simulator("--interval", "0.1", "--rate", "20", "--seed", "3")
+    monitor = make_monitor([sim.stream_url])
+    first = wait_until(lambda: (h := monitor.health())["events_processed"] > 0 and h)
+    assert first["connection_status"] == "connected"
+    assert first["status"] == "pass"
+    later = wait_until(
+        lambda: (h := monitor.health())["events_processed"] > first["events_processed"] and h
+    )
+    assert later["snapshots_processed"] > first["snapshots_processed"]
+    assert later["total_cost_usd"] > 0
+    assert monitor.proc is not None
+    started = time.monotonic()
+    monitor.proc.signal(signal.SIGTERM)
+    assert monitor.proc.wait(5) == 0
+    assert time.monotonic() - started < 5
+
+
+def test_fault_schedule_total_equals_ground_truth(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor]
+) -> None:
+    """Bursts, restarts, drops, garbage, bad JSON, 500s and a stall: totals equal the ledger."""
+    sim = make_simulator("--interval", "0.1", "--rate", "15", "--seed", "7")
+    monitor = make_monitor([sim.stream_url])
+    wait_until(lambda: monitor.summary()["sources"][0]["connection_status"] == "connected")
+    time.sleep(0.5)
+    for step in [
+        ("burst", {"count": 45}),
+        ("garbage", {}),
+        ("bad_json", {}),
+        ("restart", {}),
+        ("error_event", {}),
+        ("drop", {}),
+        ("http_500", {"count": 2}),
+        ("drop", {}),
+        ("burst", {"count": 30}),
+        ("stall", {"seconds": 3}),
+        ("restart", {}),
+    ]:
+        kind, params = step
+        sim.fault(kind, **params)
+        time.sleep(0.6 if kind != "stall" else 3.5)
+    settle(sim, monitor)
+    ledger = sim.ledger()
+    summary = monitor.summary()
+    truth_cost, truth_calls = truth_since_first_contact(ledger)
+    totals = summary["totals"]
+    assert totals["requests"] == truth_calls
+    assert totals["cost_usd"] == pytest.approx(truth_cost, abs=1e-9)
+    assert totals["unattributed_requests"] > 0  # the bursts overflowed the window
+    source = summary["sources"][0]
+    assert source["proxy_restarts"] == 2
+    health = monitor.health()
+    bad = health["sources"][0]["bad_frames"]
+    assert bad.get("invalid_json", 0) >= 1
+    assert health["reconnects"] >= 3
+
+
+def test_reconnects_after_the_proxy_is_killed_and_restarted(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor]
+) -> None:
+    """Killing the proxy process and starting it again on the same port reconnects."""
+    sim = make_simulator("--interval", "0.1", "--rate", "5", "--seed", "11")
+    monitor = make_monitor([sim.stream_url])
+    wait_until(lambda: monitor.health()["connection_status"] == "connected")
+    sim.stop()
+    down = wait_until(lambda: (h := monitor.health())["connection_status"] != "connected" and h)
+    assert down["sources"][0]["reason"]
+    again = make_simulator("--interval", "0.1", "--rate", "5", "--seed", "12", port=sim.port)
+    wait_until(lambda: monitor.health()["connection_status"] == "connected", timeout=20)
+    wait_until(lambda: monitor.health()["sources"][0]["snapshots"] > 3)
+    assert again.ledger()["connections"]
+
+
+def test_backoff_delays_stay_inside_the_configured_bounds(
+    make_monitor: Callable[..., Monitor],
+) -> None:
+    """With nothing listening, reconnect delays never exceed backoff_max_seconds."""
+    dead = f"http://127.0.0.1:{free_port()}/api/stream"
+    monitor = make_monitor([dead], CCO_MONITOR_BACKOFF_MAX_SECONDS="0.3")
+    wait_until(lambda: monitor.health()["reconnects"] >= 5)
+    started = time.monotonic()
+    before = monitor.health()["reconnects"]
+    time.sleep(2.0)
+    after = monitor.health()["reconnects"]
+    # full jitter in [0, 0.3]: at least 2 s / 0.3 s attempts, minus connect time
+    assert after - before >= 5
+    assert time.monotonic() - started >= 2.0
+    health = monitor.health()
+    assert health["sources"][0]["connection_status"] == "disconnected"
+    assert "connection failed" in health["sources"][0]["reason"]
+
+
+def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
+    """A taken health port stops start --foreground with exit 1 and says which port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cco_cost_monitor",
+                "start",
+                "--foreground",
+                "--health-port",
+                str(port),
+                "--state-dir",
+                str(tmp_path / "s"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr
+    assert "already in use" in result.stderr
+
+
+def test_bad_config_value_exits_1_naming_the_key(tmp_path: Path) -> None:
+    """An invalid value in the config file stops start with exit 1 and names the key."""
+    config = tmp_path / "config.toml"
+    config.write_text("health_port = 'eighty'\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cco_cost_monitor",
+            "start",
+            "--foreground",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "health_port" in result.stderr
+    assert "config file" in result.stderr
+
+
+def test_huge_line_is_dropped_and_counted(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor]
+) -> None:
+    """A 10 MB data line is dropped without buffering it, counted, and ingestion goes on."""
+    sim = make_simulator("--interval", "0.1", "--rate", "5", "--seed", "5")
+    monitor = make_monitor([sim.stream_url], CCO_MONITOR_MAX_LINE_BYTES="65536")
+    wait_until(lambda: monitor.health()["connection_status"] == "connected")
+    sim.fault("huge_line")
+    wait_until(lambda: monitor.health()["sources"][0]["bad_frames"].get("oversized_line", 0) >= 1)
+    before = monitor.health()["snapshots_processed"]
+    wait_until(lambda: monitor.health()["snapshots_processed"] > before + 3)
+    response = httpx.get(f"{monitor.url}/health", timeout=5)
+    assert response.headers["content-type"].startswith("application/health+json")
+    assert response.headers["cache-control"] == "no-store"
