@@ -135,6 +135,7 @@ class Engine:
         self.first_observation: datetime | None = None
         self.last_event_at: dict[str, datetime] = {}
         self.unpriced_models: dict[str, int] = {}
+        self._start_cache: dict[float, tuple[float, float, float]] = {}
 
     # -- recording ---------------------------------------------------------------------
 
@@ -180,8 +181,11 @@ class Engine:
         if previous is None or moment > previous:
             self.last_event_at[event.source] = moment
         if event.cost_usd or event.requests:
-            for kind in BUCKET_RETENTION:
-                self._bucket(kind, moment).add(event.tier, event.cost_usd, event.requests)
+            for table, start in zip(self.buckets.values(), self._starts(moment), strict=True):
+                bucket = table.get(start)
+                if bucket is None:
+                    bucket = table[start] = Bucket()
+                bucket.add(event.tier, event.cost_usd, event.requests)
 
     def record_unattributed(self, remainder: Unattributed, observed_at: datetime) -> None:
         totals = self.sources.setdefault(remainder.source, SourceTotals())
@@ -223,6 +227,26 @@ class Engine:
             if aggregate is None:
                 aggregate = self.models[key] = Aggregate()
         return aggregate
+
+    def _starts(self, moment: datetime) -> tuple[float, float, float]:
+        """Minute, hour and day bucket starts of ``moment`` (memoised per UTC minute).
+
+        Every zone's offset is a whole number of minutes, so the local minute starts with
+        the UTC minute and the three starts depend only on it.
+        """
+        minute = float(int(moment.timestamp() // 60) * 60)
+        starts = self._start_cache.get(minute)
+        if starts is None:
+            if len(self._start_cache) > 4096:
+                self._start_cache.clear()
+            at = datetime.fromtimestamp(minute, UTC)
+            starts = (
+                minute,
+                bucket_start(at, "hour", self.zone),
+                bucket_start(at, "day", self.zone),
+            )
+            self._start_cache[minute] = starts
+        return starts
 
     def _bucket(self, kind: BucketKind, moment: datetime) -> Bucket:
         start = bucket_start(moment, kind, self.zone)

@@ -63,6 +63,7 @@ LONG_CONTEXT_THRESHOLD: Final = 200_000
 #: stream's ``tokens``). Agent traffic is usually more input-heavy than 3:1; since output costs
 #: 5x input, assuming more output than is likely makes the estimate err high, the safe side for
 #: a budget. The input part is rounded down, for the same reason.
+MATCH_CACHE_SIZE: Final = 1024
 ASSUMED_INPUT_SHARE: Final = 0.75
 
 _FIELDS: Final = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
@@ -271,7 +272,7 @@ _Entry: TypeAlias = ModelPrice | str
 class PriceTable:
     """An immutable price table: ``default()`` list prices, ``with_overrides()`` from config."""
 
-    __slots__ = ("_entries", "_tiers", "_version")
+    __slots__ = ("_entries", "_matches", "_tiers", "_version")
 
     def __init__(
         self,
@@ -288,6 +289,8 @@ class PriceTable:
             same = fingerprint == _builtin_fingerprint()
             version = BUILTIN_VERSION if same else f"{BUILTIN_VERSION}+{fingerprint[:10]}"
         self._version = version
+        # The table is immutable, so lookups by model name can be remembered (bounded).
+        self._matches: dict[str, PriceMatch | None] = {}
 
     @classmethod
     def default(cls) -> PriceTable:
@@ -345,6 +348,17 @@ class PriceTable:
         """The price for a model name, or ``None`` when it is unpriced."""
         if model is None:
             return None
+        try:
+            return self._matches[model]
+        except KeyError:
+            pass
+        found = self._match(model)
+        if len(self._matches) >= MATCH_CACHE_SIZE:
+            self._matches.clear()
+        self._matches[model] = found
+        return found
+
+    def _match(self, model: str) -> PriceMatch | None:
         name = _canonical(model)
         if name in self._entries:
             return self._hit(name, "exact")

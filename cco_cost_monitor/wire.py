@@ -235,6 +235,14 @@ def parse_timestamp(value: str | None) -> datetime | None:
     """RFC 3339 with 0-9 fractional digits; ``None`` when absent or unreadable."""
     if not value:
         return None
+    # Fast path for the proxy's own shape: 2025-11-17T18:27:01.482913517+00:00
+    if len(value) > 26 and value[19] == "." and value.endswith("+00:00"):
+        digits = value[20:-6]
+        if digits.isdigit():
+            try:
+                return datetime.fromisoformat(f"{value[:19]}.{digits[:6].ljust(6, '0')}+00:00")
+            except ValueError:
+                return None
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"

@@ -1,0 +1,81 @@
+"""Reconciler + engine throughput on recorded frames, against the parse-only ceiling.
+
+Records N snapshot frames from the simulator's proxy model (each carrying new events,
+some bursts beyond the window, idle replays in between), then times, in one run:
+  1. orjson.loads of every frame (the ceiling: nothing can be faster than parsing);
+  2. wire.parse_frame (orjson + pydantic validation);
+  3. parse + reconcile + engine.record (the whole pure ingest path).
+Prints events/s for each and the ratios. Usage: python bench/bench_reconciler.py [N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+from cco_cost_monitor.engine import Engine
+from cco_cost_monitor.pricing import PriceTable
+from cco_cost_monitor.reconciler import Reconciler
+from cco_cost_monitor.simulator.proxy import ProxyState, ProxyTotals
+from cco_cost_monitor.simulator.traffic import TrafficGenerator, TrafficProfile
+from cco_cost_monitor.wire import parse_frame
+
+
+def record_frames(count: int) -> tuple[list[str], int]:
+    """Snapshots with 20 new events each, an idle replay every 10th frame."""
+    generator = TrafficGenerator(TrafficProfile(rate=1.0), seed=42, timestamp_digits=9)
+    start_ns = 1_763_400_000 * 10**9
+    proxy = ProxyState(ProxyTotals(), start_ns)
+    frames: list[str] = []
+    new_events = 0
+    now = start_ns
+    for index in range(count):
+        now += 5 * 10**9
+        if index % 10 != 9:
+            for event in generator.flood(20, now):
+                proxy.record(event)
+            new_events += 20
+        frames.append(proxy.snapshot_bytes(now).decode())
+    return frames, new_events
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    frames, new_events = record_frames(count)
+    observed = datetime.now(UTC)
+
+    started = time.perf_counter()
+    for data in frames:
+        orjson.loads(data)
+    ceiling = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for data in frames:
+        parse_frame("analytics", data)
+    parse_only = time.perf_counter() - started
+
+    reconciler = Reconciler("bench", PriceTable.default())
+    engine = Engine()
+    started = time.perf_counter()
+    for data in frames:
+        engine.record(reconciler.apply(parse_frame("analytics", data), observed))
+    full = time.perf_counter() - started
+
+    counted = reconciler.state.attributed_requests
+    assert counted + reconciler.state.unattributed_requests > 0
+    print(f"frames {count}, new events {new_events}, counted requests {counted}")
+    for name, seconds in (
+        ("orjson.loads (ceiling)", ceiling),
+        ("parse_frame", parse_only),
+        ("parse+reconcile+engine", full),
+    ):
+        print(f"{name:<24} {seconds:8.3f} s  {new_events / seconds:12,.0f} events/s")
+    print(f"ratio full/ceiling (throughput) = {ceiling / full:.3f}")
+    print(f"ratio parse_frame/ceiling       = {ceiling / parse_only:.3f}")
+
+
+if __name__ == "__main__":
+    main()
