@@ -99,6 +99,7 @@ def main() -> None:
     ours: list[float] = []
     naive: list[float] = []
     inside = 0
+    widths: list[float] = []
     index = 0
     day = start
     for number in range(args.days):
@@ -125,6 +126,7 @@ def main() -> None:
             ours.append(abs(projection["cost_usd"] - truth) / truth)
             naive.append(abs(linear - truth) / truth)
             inside += projection["low_usd"] <= truth <= projection["high_usd"]
+            widths.append((projection["high_usd"] - projection["low_usd"]) / truth)
         day = (day + timedelta(days=1, hours=3)).replace(hour=0)
 
     print(f"days scored: {len(ours)} (seed {args.seed}, zone {args.zone}, from day 4)")
@@ -136,7 +138,10 @@ def main() -> None:
         f"mean abs % error: ours {100 * statistics.mean(ours):.1f} %"
         f"  vs naive linear {100 * statistics.mean(naive):.1f} %"
     )
-    print(f"actual inside [low, high]: {inside}/{len(ours)}")
+    print(
+        f"actual inside [low, high]: {inside}/{len(ours)},"
+        f" median band width {100 * statistics.median(widths):.0f} % of the actual"
+    )
 
 
 if __name__ == "__main__":

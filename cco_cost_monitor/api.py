@@ -33,6 +33,7 @@ class ServiceView(Protocol):
     def recent_events(self, limit: int) -> list[dict[str, Any]]: ...
     def timeseries(self, kind: BucketKind, since: datetime | None) -> list[dict[str, Any]]: ...
     def statusline(self) -> str: ...
+    def alerts(self, limit: int) -> list[dict[str, Any]]: ...
 
 
 def json_response(
@@ -105,5 +106,14 @@ def make_app(service: ServiceView) -> web.Application:
     app.router.add_get("/api/summary", summary)
     app.router.add_get("/api/events", events)
     app.router.add_get("/api/timeseries", timeseries)
+
+    async def alerts(request: web.Request) -> web.Response:
+        try:
+            limit = max(1, min(int(request.query.get("limit", "50")), 200))
+        except ValueError:
+            raise web.HTTPBadRequest(text="limit must be an integer\n") from None
+        return json_response({"alerts": service.alerts(limit)})
+
+    app.router.add_get("/api/alerts", alerts)
     app.router.add_get("/statusline", statusline)
     return app

@@ -338,7 +338,9 @@ class Engine:
         here = local(now, self.zone)
         if period == "this_hour":
             start = here.replace(minute=0, second=0, microsecond=0)
-            return start, start + timedelta(hours=1)
+            # An hour is 3600 s even on a DST day (wall-clock addition would give two).
+            end = datetime.fromtimestamp(start.timestamp() + 3600, UTC).astimezone(self.zone)
+            return start, end
         if period == "today":
             start = here.replace(hour=0, minute=0, second=0, microsecond=0)
             end = (start + timedelta(days=1, hours=3)).replace(hour=0)

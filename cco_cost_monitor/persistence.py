@@ -1,16 +1,73 @@
-"""Wiring of the SQLite store into a running service: restore on start, flush on stop."""
+"""Wiring of the SQLite store into a running service: restore on start, flush on stop.
+
+On start the database is opened (a corrupt, locked or unwritable one stops the start
+with :class:`~cco_cost_monitor.errors.StoreError`, never a silent reset), the engine's
+counters, buckets and recent events and every source's reconciler state are restored,
+and a :class:`~cco_cost_monitor.writer.StoreWriter` is attached so that each accounting
+result is committed together with the state that produced it. On stop everything
+submitted is flushed before the database is closed.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from cco_cost_monitor.logs import get_logger
+from cco_cost_monitor.store import Store
+from cco_cost_monitor.writer import StoreWriter
 
 if TYPE_CHECKING:
     from cco_cost_monitor.server import Service
 
+log = get_logger("cco_cost_monitor.persistence")
+
 
 async def attach(service: Service) -> None:
-    """Open the database and restore engine and reconciler state (filled in by the store)."""
+    """Open the database, restore what was counted, and start saving what comes."""
+    settings = service.settings
+    store = await anyio.to_thread.run_sync(lambda: Store.open_settings(settings))
+    try:
+        restored = await anyio.to_thread.run_sync(
+            lambda: store.load(recent_events=settings.recent_events)
+        )
+    except BaseException:
+        store.close()
+        raise
+    restored.restore_engine(service.engine)
+    for spec in settings.sources:
+        state = restored.source_states.get(spec.name)
+        if state is not None:
+            service.restore_source(spec, state)
+    service.store = store
+    service.writer = StoreWriter(store)
+    log.info(
+        "state restored",
+        events=service.engine.events_processed(),
+        total_cost_usd=service.engine.total_cost(),
+        sources=sorted(restored.source_states),
+    )
 
 
 async def detach(service: Service) -> None:
     """Flush pending writes and close the database."""
+    writer, store = service.writer, service.store
+    try:
+        if writer is not None and not writer.closed:
+            await writer.aclose()
+    finally:
+        if store is not None:
+            store.close()
+
+
+def writer_status(writer: StoreWriter | None) -> dict[str, Any] | None:
+    """The writer's counters as plain data for ``/health``."""
+    if writer is None:
+        return None
+    stats = asdict(writer.stats())
+    at = stats.get("last_commit_at")
+    stats["last_commit_at"] = at.isoformat() if at is not None else None
+    return stats

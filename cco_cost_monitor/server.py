@@ -22,17 +22,22 @@ import anyio
 from aiohttp import web
 
 from cco_cost_monitor import sdnotify
+from cco_cost_monitor.alerts import AlertDispatcher
 from cco_cost_monitor.api import make_app
+from cco_cost_monitor.budgets import AlertTracker, evaluate
 from cco_cost_monitor.config import Settings, SourceSpec, load_settings
 from cco_cost_monitor.engine import BucketKind, Engine
 from cco_cost_monitor.errors import ConfigError, MonitorError, StartupError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.pidlock import PidLock
 from cco_cost_monitor.pricing import PriceTable
+from cco_cost_monitor.projections import project
 from cco_cost_monitor.reconciler import Accounting, Reconciler
 from cco_cost_monitor.source import SseSource
+from cco_cost_monitor.store import Store
 from cco_cost_monitor.summary import SourceView, build_health, build_summary
 from cco_cost_monitor.wire import Frame
+from cco_cost_monitor.writer import StoreWriter
 
 __all__ = ["Service", "run_service"]
 
@@ -62,10 +67,16 @@ class Service:
         self.engine = Engine(zone=settings.zone, recent_capacity=settings.recent_events)
         self.reconcilers: dict[str, Reconciler] = {}
         self.sources: dict[str, SseSource] = {}
-        self.writer: Any = None
-        self.store: Any = None
+        self.writer: StoreWriter | None = None
+        self.store: Store | None = None
         self.reloads = 0
         self.health_port = settings.health_port
+        self.projections: dict[str, Any] | None = None
+        self.budgets: list[dict[str, Any]] = []
+        self.tracker = AlertTracker(
+            settings.alerts.thresholds, predictive=settings.alerts.predictive
+        )
+        self.dispatcher = AlertDispatcher(settings.alerts)
         for spec in settings.sources:
             self._add_source(spec, None)
 
@@ -78,7 +89,25 @@ class Service:
             pending_capacity=self.settings.pending_gateway_requests,
             state=state,
         )
-        self.sources[spec.name] = SseSource(spec, self.settings, self.on_frame)
+        self.sources[spec.name] = SseSource(
+            spec, self.settings, self.on_frame, throttle=self.throttle
+        )
+
+    def restore_source(self, spec: SourceSpec, state: dict[str, Any]) -> None:
+        """Continue a source from its saved reconciler state (before any frame arrives)."""
+        self.reconcilers[spec.name] = Reconciler(
+            spec.name,
+            self.prices,
+            kind=spec.effective_kind,
+            capacity=self.settings.dedupe_capacity,
+            pending_capacity=self.settings.pending_gateway_requests,
+            state=state,
+        )
+
+    async def throttle(self) -> None:
+        """Back-pressure: wait while the disk is far behind (bounded memory)."""
+        if self.writer is not None:
+            await self.writer.throttle()
 
     # -- ingestion ---------------------------------------------------------------------
 
@@ -128,10 +157,9 @@ class Service:
         ]
 
     def store_status(self) -> dict[str, Any] | None:
-        if self.writer is None:
-            return None
-        status: dict[str, Any] = self.writer.status()
-        return status
+        from cco_cost_monitor.persistence import writer_status  # noqa: PLC0415
+
+        return writer_status(self.writer)
 
     def health(self) -> tuple[dict[str, Any], int]:
         document = build_health(
@@ -146,7 +174,36 @@ class Service:
         return document, 503 if document["status"] == "fail" else 200
 
     def summary(self) -> dict[str, Any]:
-        return build_summary(engine=self.engine, views=self.views(), now=self.clock())
+        if self.projections is None:
+            self.evaluate_budgets()
+        return build_summary(
+            engine=self.engine,
+            views=self.views(),
+            now=self.clock(),
+            projections=self.projections,
+            budgets=self.budgets,
+        )
+
+    def evaluate_budgets(self) -> None:
+        """Refresh projections and budget states; hand new alerts to the dispatcher."""
+        now = self.clock()
+        billing_day = self.settings.billing_day
+        self.projections = project(self.engine, now, billing_day=billing_day)
+        self.budgets = evaluate(
+            self.settings.budgets, self.engine, self.projections, now, billing_day=billing_day
+        )
+        for alert in self.tracker.update(self.budgets, now):
+            self.dispatcher.submit(alert)
+
+    async def evaluate_loop(self) -> None:
+        """Projections, budgets and alerts every few seconds, not on every request."""
+        while True:
+            self.evaluate_budgets()
+            self.engine.prune(self.clock())
+            await anyio.sleep(max(1.0, min(self.settings.snapshot_interval_seconds, 5.0)))
+
+    def alerts(self, limit: int) -> list[dict[str, Any]]:
+        return [alert.to_dict() for alert in self.dispatcher.history(limit)]
 
     def recent_events(self, limit: int) -> list[dict[str, Any]]:
         return [event.as_dict() for event in self.engine.recent_events(limit)]
@@ -178,6 +235,7 @@ class Service:
         for reconciler in self.reconcilers.values():
             reconciler.prices = self.prices
         self.reloads += 1
+        self.evaluate_budgets()
         log.info("configuration reloaded", price_table=self.prices.version)
         return True
 
@@ -255,6 +313,8 @@ async def serve(service: Service, on_ready: Callable[[], None] | None = None) ->
                     if service.writer is not None:
                         tasks.start_soon(service.writer.run)
                     tasks.start_soon(_watchdog)
+                    tasks.start_soon(service.evaluate_loop)
+                    tasks.start_soon(service.dispatcher.run)
                     sdnotify.notify(
                         f"READY=1\nSTATUS=serving on port {port}\nMAINPID={os.getpid()}"
                     )
@@ -293,7 +353,7 @@ async def _watchdog() -> None:
 
 
 async def _open_store(service: Service) -> None:
-    """Open the database and restore what was counted (store module, if present)."""
+    """Open the database and restore what was counted."""
     from cco_cost_monitor import persistence  # noqa: PLC0415
 
     await persistence.attach(service)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, cast
@@ -75,12 +75,20 @@ class ConnectionState:
     auth_rejected: bool = False
     bad_frames: dict[str, int] = field(default_factory=dict)
     last_delay: float | None = None
+    # When the source stopped being connected (None while connected): reconnect attempts
+    # move between connecting and disconnected without resetting it.
+    down_since: datetime | None = field(default_factory=lambda: datetime.now(UTC))
 
     def move(self, status: Status, reason: str | None = None) -> None:
         if status != self.status or reason != self.reason:
+            now = datetime.now(UTC)
+            if status == "connected":
+                self.down_since = None
+            elif self.down_since is None:
+                self.down_since = now
             self.status = status
             self.reason = reason
-            self.since = datetime.now(UTC)
+            self.since = now
 
 
 class LineLimiter:
@@ -161,8 +169,10 @@ class SseSource:
         on_frame: FrameHandler,
         *,
         rng: random.Random | None = None,
+        throttle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.spec = spec
+        self.throttle = throttle
         self.settings = settings
         self.on_frame = on_frame
         self.state = ConnectionState()
@@ -239,6 +249,8 @@ class SseSource:
                 healthy_since = time.monotonic()
                 async for sse in source.aiter_sse():
                     self._handle(sse)
+                    if self.throttle is not None:
+                        await self.throttle()
                     if (
                         healthy_since is not None
                         and time.monotonic() - healthy_since >= self.settings.healthy_after_seconds

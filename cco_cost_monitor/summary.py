@@ -57,7 +57,7 @@ def _source_check(
         if age > FRESH_INTERVALS * interval:
             return "warn", f"stale: last snapshot {age:.0f} s ago"
         return "pass", "connected"
-    down_for = (now - connection.since).total_seconds()
+    down_for = (now - (connection.down_since or connection.since)).total_seconds()
     reason = connection.reason or connection.status
     if down_for > grace:
         return "fail", f"{connection.status} for {down_for:.0f} s: {reason}"

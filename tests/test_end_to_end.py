@@ -198,3 +198,70 @@ def test_huge_line_is_dropped_and_counted(
     response = httpx.get(f"{monitor.url}/health", timeout=5)
     assert response.headers["content-type"].startswith("application/health+json")
     assert response.headers["cache-control"] == "no-store"
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
+    make_simulator: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    """Ten kill -9s under traffic with bursts and restarts: the total equals ground truth."""
+    import random
+
+    rng = random.Random(2026)
+    sim = make_simulator("--interval", "0.1", "--rate", "25", "--seed", "21")
+    state = tmp_path / "state"
+    monitors: list[Monitor] = []
+    try:
+        for round_no in range(10):
+            monitor = Monitor(state, [sim.stream_url]).start()
+            monitors.append(monitor)
+            wait_until(lambda m=monitor: m.health()["connection_status"] == "connected")
+            if round_no % 3 == 1:
+                sim.fault("burst", count=30)
+            if round_no == 4:
+                sim.fault("restart")
+            time.sleep(rng.uniform(0.2, 1.2))
+            monitor.kill9()
+            time.sleep(rng.uniform(0.0, 0.3))
+        final = Monitor(state, [sim.stream_url]).start()
+        monitors.append(final)
+        settle(sim, final)
+        ledger = sim.ledger()
+        truth_cost, truth_calls = truth_since_first_contact(ledger)
+        totals = final.summary()["totals"]
+        assert totals["requests"] == truth_calls
+        assert totals["cost_usd"] == pytest.approx(truth_cost, abs=1e-9)
+        assert final.summary()["sources"][0]["proxy_restarts"] == 1
+    finally:
+        for monitor in monitors:
+            monitor.stop()
+
+
+def test_sigterm_puts_everything_accounted_on_disk(
+    make_simulator: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    """After SIGTERM, a new daemon on the same state dir starts from the same totals."""
+    sim = make_simulator("--interval", "0.1", "--rate", "30", "--seed", "8")
+    state = tmp_path / "state"
+    first = Monitor(state, [sim.stream_url]).start()
+    try:
+        wait_until(lambda: first.summary()["totals"]["requests"] > 20)
+        sim.traffic(0)
+        wait_until(
+            lambda: (
+                first.summary()["sources"][0]["proxy_reported_calls"] == sim.ledger()["proxy_calls"]
+            )
+        )
+        before = first.summary()["totals"]
+        assert first.proc is not None
+        first.proc.signal(signal.SIGTERM)
+        assert first.proc.wait(10) == 0
+    finally:
+        first.stop()
+    second = Monitor(state, [sim.stream_url]).start()
+    try:
+        after = second.summary()["totals"]
+        assert after["requests"] == before["requests"]
+        assert after["cost_usd"] == pytest.approx(before["cost_usd"], abs=1e-12)
+        assert after["events"] == before["events"]
+    finally:
+        second.stop()

@@ -1,0 +1,326 @@
+"""A tiny HTTP client to the running daemon, and the fast ``statusline`` path.
+
+Standard library only (``urllib``, ``json``, ``tomllib``): ``cco-monitor statusline`` runs on
+every shell prompt, so importing this module must not pull in pydantic, rich or aiohttp.
+
+:class:`DaemonClient` does ``GET /health``, ``/api/summary``, ``/api/events`` and
+``/api/timeseries`` with a timeout and the optional bearer token, and raises
+:class:`Unreachable` (with a short reason) when the daemon does not answer.
+
+:func:`resolve_endpoint` finds the daemon's address the way the settings do (flag > env >
+config file > default) but only for the three keys it needs, without validating the rest of
+the configuration. :func:`format_statusline` turns an ``/api/summary`` document into the one
+line; :func:`statusline_main` is the whole command (``python -m cco_cost_monitor.client``
+runs it too, without click).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "OFFLINE",
+    "DaemonClient",
+    "Endpoint",
+    "Unreachable",
+    "format_statusline",
+    "resolve_endpoint",
+    "statusline_main",
+]
+
+ENV_PREFIX = "CCO_MONITOR_"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8081
+#: What ``statusline`` prints when the daemon does not answer.
+OFFLINE = "cco: offline"
+STATUSLINE_TIMEOUT = 0.5
+MAX_BODY = 16 * 1024 * 1024
+
+
+class Unreachable(Exception):
+    """The daemon did not answer (refused, timed out, or answered with an error)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+def _base_url(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class DaemonClient:
+    """GET JSON and text from the daemon's HTTP server."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 2.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token or None
+        self.timeout = timeout
+
+    def _get(self, path: str, ok: Sequence[int] = (200,)) -> bytes:
+        url = self.base_url + path
+        request = urllib.request.Request(url, headers={"Accept": "*/*"})  # noqa: S310
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                body: bytes = response.read(MAX_BODY)
+                return body
+        except urllib.error.HTTPError as exc:
+            with exc:
+                if exc.code in ok:
+                    return exc.read(MAX_BODY)
+                if exc.code in (401, 403):
+                    raise Unreachable(url, f"HTTP {exc.code}: check --health-token") from None
+                raise Unreachable(url, f"HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            text = getattr(reason, "strerror", None) or str(reason)
+            raise Unreachable(url, text) from None
+        except (TimeoutError, OSError) as exc:
+            raise Unreachable(url, str(exc) or type(exc).__name__) from None
+
+    def get_json(self, path: str, ok: Sequence[int] = (200,)) -> Any:
+        """The decoded JSON body of ``GET path``."""
+        body = self._get(path, ok)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise Unreachable(self.base_url + path, "the answer is not JSON") from None
+
+    def get_text(self, path: str) -> str:
+        """The text body of ``GET path``."""
+        return self._get(path).decode("utf-8", "replace")
+
+    def health(self) -> dict[str, Any]:
+        """``/health`` (also when it says ``fail`` with HTTP 503)."""
+        document: dict[str, Any] = self.get_json("/health", ok=(200, 503))
+        return document
+
+    def summary(self) -> dict[str, Any]:
+        """``/api/summary``."""
+        document: dict[str, Any] = self.get_json("/api/summary")
+        return document
+
+    def events(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest ``limit`` accounted events, newest first."""
+        document = self.get_json(f"/api/events?limit={int(limit)}")
+        events: list[dict[str, Any]] = document.get("events", [])
+        return events
+
+    def timeseries(self, bucket: str = "minute", since: str = "60m") -> list[dict[str, Any]]:
+        """``/api/timeseries`` buckets (cost and requests per bucket and tier)."""
+        query = urllib.parse.urlencode({"bucket": bucket, "since": since})
+        document = self.get_json(f"/api/timeseries?{query}")
+        buckets: list[dict[str, Any]] = document.get("buckets", [])
+        return buckets
+
+
+# -- where the daemon listens ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The daemon's base URL and the bearer token to send."""
+
+    base_url: str
+    token: str | None
+
+
+def _state_dir(flag: str | None, environ: Mapping[str, str]) -> Path:
+    value = flag or environ.get(f"{ENV_PREFIX}STATE_DIR") or environ.get("CCO_MONITOR_HOME")
+    if not value:
+        state_directory = environ.get("STATE_DIRECTORY")
+        value = state_directory.split(":")[0] if state_directory else "~/.cco-monitor"
+    return Path(value).expanduser()
+
+
+def _config_values(
+    config: str | None, state_dir: str | None, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    path_text = config or environ.get(f"{ENV_PREFIX}CONFIG")
+    path = (
+        Path(path_text).expanduser()
+        if path_text
+        else _state_dir(state_dir, environ) / "config.toml"
+    )
+    try:
+        handle = path.open("rb")
+    except OSError:
+        return {}
+    import tomllib  # noqa: PLC0415  (only when no flag or env var decided: keeps start-up fast)
+
+    with handle:
+        try:
+            return tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError):
+            return {}
+
+
+def resolve_endpoint(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    token: str | None = None,
+    config: str | None = None,
+    state_dir: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Endpoint:
+    """flag > ``CCO_MONITOR_HEALTH_*`` env > config file > default, for host, port, token."""
+    env = os.environ if environ is None else environ
+    file_values: dict[str, Any] | None = None
+
+    def pick(flag: Any, key: str, default: Any) -> Any:
+        nonlocal file_values
+        if flag not in (None, ""):
+            return flag
+        from_env = env.get(f"{ENV_PREFIX}{key.upper()}")
+        if from_env:
+            return from_env
+        if file_values is None:
+            file_values = _config_values(config, state_dir, env)
+        return file_values.get(key, default)
+
+    chosen_host = str(pick(host, "health_host", DEFAULT_HOST))
+    try:
+        chosen_port = int(pick(port, "health_port", DEFAULT_PORT))
+    except (TypeError, ValueError):
+        chosen_port = DEFAULT_PORT
+    chosen_token = pick(token, "health_token", None)
+    return Endpoint(
+        _base_url(chosen_host, chosen_port), str(chosen_token) if chosen_token else None
+    )
+
+
+# -- the status line ---------------------------------------------------------------------
+
+_OK_STATES = frozenset({"ok", "under", "normal", "pass", "within"})
+_OVER_STATES = frozenset({"over", "exceeded", "breached", "fail", "critical"})
+_WARN_STATES = frozenset({"warning", "warn", "projected_to_exceed"})
+
+
+def budget_level(budget: Mapping[str, Any]) -> str:
+    """``ok``, ``warn`` or ``over`` for one budget entry of ``/api/summary``.
+
+    Uses the daemon's ``state`` when it is one of the known words, else ``used_ratio``
+    (and the projection): >= 1 over, >= 0.75 or projected over the limit warn.
+    """
+    state = str(budget.get("state") or "").lower()
+    if state in _OVER_STATES:
+        return "over"
+    if state in _OK_STATES:
+        return "ok"
+    if state in _WARN_STATES:
+        return "warn"
+    ratio = _number(budget.get("used_ratio"))
+    limit = _number(budget.get("limit_usd"))
+    projected = _number(budget.get("projected_usd"))
+    if ratio >= 1.0:
+        return "over"
+    if state or ratio >= 0.75 or (limit > 0 and projected > limit):
+        return "warn"
+    return "ok"
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def format_statusline(summary: Mapping[str, Any]) -> str:
+    """One short line: today's spend, the 1 h burn rate, the tightest budget, link trouble."""
+    periods = summary.get("periods") or {}
+    today = _number((periods.get("today") or {}).get("cost_usd"))
+    burn = summary.get("burn_rate_usd_per_hour") or {}
+    rate = _number(burn.get("1h"))
+    parts = [f"cco ${today:,.2f} today", f"${rate:,.2f}/h"]
+    budgets = [b for b in summary.get("budgets") or [] if isinstance(b, Mapping)]
+    if budgets:
+        tightest = max(budgets, key=lambda b: _number(b.get("used_ratio")))
+        level = budget_level(tightest)
+        marker = {"ok": "", "warn": " ⚠", "over": " ✖ over"}[level]
+        period = str(tightest.get("period") or "budget")
+        if tightest.get("tier"):
+            period += f" {tightest['tier']}"
+        ratio = _number(tightest.get("used_ratio"))
+        parts.append(f"{period} {ratio * 100:.0f}%{marker}")
+    sources = [s for s in summary.get("sources") or [] if isinstance(s, Mapping)]
+    if sources:
+        connected = sum(1 for s in sources if s.get("connection_status") == "connected")
+        if connected == 0:
+            parts.append("proxy down")
+        elif connected < len(sources):
+            parts.append(f"{connected}/{len(sources)} sources")
+    return " · ".join(parts)
+
+
+def statusline_text(endpoint: Endpoint, timeout: float = STATUSLINE_TIMEOUT) -> str | None:
+    """The status line, or ``None`` when the daemon does not answer."""
+    client = DaemonClient(endpoint.base_url, endpoint.token, timeout=timeout)
+    try:
+        return format_statusline(client.summary())
+    except Unreachable:
+        return None
+
+
+def _parse_args(argv: Sequence[str]) -> dict[str, str]:
+    """``--name value`` / ``--name=value`` pairs; unknown words are ignored."""
+    known = {
+        "--health-host",
+        "--health-port",
+        "--health-token",
+        "--config",
+        "--state-dir",
+        "--timeout",
+    }
+    values: dict[str, str] = {}
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        name, sep, value = word.partition("=")
+        if name in known:
+            if not sep:
+                index += 1
+                value = argv[index] if index < len(argv) else ""
+            values[name[2:].replace("-", "_")] = value
+        index += 1
+    return values
+
+
+def statusline_main(argv: Sequence[str] | None = None) -> int:
+    """Print the status line (or :data:`OFFLINE`); 0 when the daemon answered, else 1."""
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        port = int(args["health_port"]) if args.get("health_port") else None
+        timeout = float(args.get("timeout") or STATUSLINE_TIMEOUT)
+    except ValueError:
+        sys.stderr.write("cco-monitor statusline: --health-port and --timeout take numbers\n")
+        return 2
+    endpoint = resolve_endpoint(
+        host=args.get("health_host"),
+        port=port,
+        token=args.get("health_token"),
+        config=args.get("config"),
+        state_dir=args.get("state_dir"),
+    )
+    line = statusline_text(endpoint, timeout)
+    sys.stdout.write((line if line is not None else OFFLINE) + "\n")
+    return 0 if line is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(statusline_main())

@@ -1,0 +1,1473 @@
+"""Persistence: ``monitor.db``, the SQLite file that makes counts survive restarts and ``kill -9``.
+
+This module owns the database: its schema and forward migrations, the one-transaction commit
+of a :class:`Batch`, restoring state at start-up (:meth:`Store.load`), retention
+(:meth:`Store.prune`), ``db check`` (:meth:`Store.check`), ``db export`` (:meth:`Store.export`)
+and the read-only queries of ``report``. It does no scheduling and no async:
+:mod:`cco_cost_monitor.writer` runs it off the event loop.
+
+Why nothing is lost and nothing is counted twice
+------------------------------------------------
+A :class:`Batch` carries accounted results together with the reconciler state of every source
+*as of the last of those results*, and they are written in ONE transaction. A crash at any instant
+therefore leaves the file at the end of some batch, with every source's de-duplication memory
+matching exactly the events stored with it. On restart the proxy replays its last window; the
+restored reconciler recognises what it already counted and accounts the rest (as events, or as
+unattributed growth of the proxy's totals). ``events`` has primary key ``(source, key)`` and is
+written with ``INSERT OR IGNORE``: a replayed event can never be stored twice (if one is ignored,
+:class:`CommitResult` counts it and :meth:`Store.check` reports the disagreement).
+
+The engine's counters (``Engine.to_dict()``, ~100 kB once its buckets fill) are not rewritten in
+every batch: that would write gigabytes a day. A batch may carry them (``Batch.engine``); every
+event and unattributed row records the batch it was committed in, and :meth:`Store.load` returns
+the results committed *after* the stored engine state as ``Restored.engine_replay``.
+:meth:`Restored.restore_engine` loads the counters and replays those results, so the restored
+engine is exactly the one of the last committed batch. Pruning never deletes a row that is not
+yet covered by the stored engine state.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``
+------------------------------------------------------------
+In WAL mode ``NORMAL`` never corrupts the file and loses nothing when the *process* dies (``kill
+-9``, OOM, crash): a commit is in the OS page cache when ``COMMIT`` returns. Only a power loss or
+kernel panic may roll back the last commits (those since the last checkpoint's ``fsync``), and
+then the file is still at the end of some earlier batch, with its reconciler state consistent: the
+proxy's cumulative totals, compared with that older state, account what the lost batches held
+(as events still in the proxy's window, the rest as unattributed). So ``FULL``'s extra ``fsync``
+per commit (a disk flush every 0.2 s while busy: battery and SSD wear on a laptop) would buy
+nothing the accounting invariant needs. ``synchronous="FULL"`` can still be chosen.
+
+Files are created ``0600`` in a directory created ``0700``: spend data is private.
+A corrupt, foreign, newer, locked or unwritable database raises :class:`StoreError` with a
+clear message. It is never reset, recreated or repaired silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO, cast
+
+import orjson
+
+from cco_cost_monitor.engine import (
+    MAX_CLOCK_SKEW,
+    UNATTRIBUTED,
+    BucketKind,
+    bucket_start,
+    next_bucket_start,
+)
+from cco_cost_monitor.errors import StoreError
+from cco_cost_monitor.pricing import Tier
+from cco_cost_monitor.reconciler import AccountedEvent, Accounting, CostBasis, Unattributed
+
+if TYPE_CHECKING:
+    from cco_cost_monitor.config import Settings
+    from cco_cost_monitor.engine import Engine
+
+__all__ = [
+    "APPLICATION_ID",
+    "CHECK_FAIL",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AggregateRow",
+    "AlertRecord",
+    "Batch",
+    "CommitResult",
+    "ExportFormat",
+    "ExportKind",
+    "PruneResult",
+    "Restored",
+    "Retention",
+    "Store",
+    "UnattributedRow",
+]
+
+#: ``PRAGMA application_id`` of a cco-monitor database ("CCOM").
+APPLICATION_ID = 0x43434F4D
+#: Prefix of a failed line of :meth:`Store.check`.
+CHECK_FAIL = "FAIL"
+ExportKind = Literal["events", "unattributed", "hourly", "daily"]
+ExportFormat = Literal["jsonl", "csv"]
+Synchronous = Literal["NORMAL", "FULL"]
+StateBlob = Mapping[str, Any] | bytes
+"""A JSON object, either as data or already encoded (the writer encodes on the event loop)."""
+
+_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
+_COST_TOLERANCE = 1e-6
+
+
+# -- schema ----------------------------------------------------------------------------
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run ``;``-separated statements inside the caller's transaction.
+
+    (``Connection.executescript`` would COMMIT first, breaking the migration's atomicity.)
+    """
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement: {statement.strip()[:80]}")
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    """The first schema."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID;
+
+        -- One row per accounted event, stored once: (source, key) is its identity.
+        CREATE TABLE events (
+            source              TEXT    NOT NULL,
+            key                 TEXT    NOT NULL,
+            occurred_at         REAL    NOT NULL,  -- epoch seconds
+            occurred_at_iso     TEXT    NOT NULL,  -- as accounted, with its offset
+            observed_at_iso     TEXT    NOT NULL,  -- when the monitor saw the frame
+            event_type          TEXT    NOT NULL,
+            model               TEXT,
+            tier                TEXT    NOT NULL,
+            requests            INTEGER NOT NULL,
+            cache_hits          INTEGER NOT NULL,
+            tokens              INTEGER,
+            input_tokens        INTEGER,
+            output_tokens       INTEGER,
+            latency_ms          INTEGER,
+            status              TEXT,
+            cost_usd            REAL    NOT NULL,
+            recorded_cost_usd   REAL,
+            calculated_cost_usd REAL,
+            cost_basis          TEXT    NOT NULL,
+            priced              INTEGER NOT NULL,
+            price_version       TEXT    NOT NULL,
+            batch               INTEGER NOT NULL,  -- the commit it arrived in
+            result              INTEGER NOT NULL,  -- its Accounting's index in that batch
+            PRIMARY KEY (source, key)
+        );
+        CREATE INDEX events_occurred_at ON events (occurred_at);
+        CREATE INDEX events_batch ON events (batch);
+
+        -- Growth of the proxy's totals that no visible event explains.
+        CREATE TABLE unattributed (
+            id              INTEGER PRIMARY KEY,
+            source          TEXT    NOT NULL,
+            occurred_at     REAL    NOT NULL,
+            occurred_at_iso TEXT    NOT NULL,
+            since           REAL,
+            since_iso       TEXT,
+            observed_at_iso TEXT    NOT NULL,
+            requests        INTEGER NOT NULL,
+            cost_usd        REAL    NOT NULL,
+            lost_events     INTEGER NOT NULL,
+            reason          TEXT    NOT NULL,
+            batch           INTEGER NOT NULL,
+            result          INTEGER NOT NULL
+        );
+        CREATE INDEX unattributed_occurred_at ON unattributed (occurred_at);
+        CREATE INDEX unattributed_batch ON unattributed (batch);
+
+        -- Aggregates per local hour / local day of the configured zone. Unattributed spend has
+        -- tier 'unattributed' and model ''; an event without a model has model ''.
+        CREATE TABLE hourly (
+            bucket_start REAL    NOT NULL,  -- epoch seconds of the local hour's start
+            label        TEXT    NOT NULL,  -- local time with offset: 2025-11-17T18:00+01:00
+            source       TEXT    NOT NULL,
+            tier         TEXT    NOT NULL,
+            model        TEXT    NOT NULL,
+            cost_usd     REAL    NOT NULL DEFAULT 0,
+            requests     INTEGER NOT NULL DEFAULT 0,
+            tokens       INTEGER NOT NULL DEFAULT 0,
+            cache_hits   INTEGER NOT NULL DEFAULT 0,
+            events       INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (bucket_start, source, tier, model)
+        ) WITHOUT ROWID;
+        CREATE TABLE daily (
+            bucket_start REAL    NOT NULL,  -- epoch seconds of local midnight
+            label        TEXT    NOT NULL,  -- local date, e.g. 2025-11-17
+            source       TEXT    NOT NULL,
+            tier         TEXT    NOT NULL,
+            model        TEXT    NOT NULL,
+            cost_usd     REAL    NOT NULL DEFAULT 0,
+            requests     INTEGER NOT NULL DEFAULT 0,
+            tokens       INTEGER NOT NULL DEFAULT 0,
+            cache_hits   INTEGER NOT NULL DEFAULT 0,
+            events       INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (bucket_start, source, tier, model)
+        ) WITHOUT ROWID;
+
+        -- Reconciler.snapshot_state() per source, always written with the events it produced.
+        CREATE TABLE source_state (
+            source     TEXT PRIMARY KEY,
+            state      TEXT NOT NULL,
+            batch      INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+
+        -- Engine.to_dict(), as of the end of batch ``batch``.
+        CREATE TABLE engine_state (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            state      TEXT    NOT NULL,
+            batch      INTEGER NOT NULL,
+            updated_at REAL    NOT NULL
+        );
+
+        -- What pruning removed, per source, so that check() can still verify the totals.
+        CREATE TABLE retired (
+            source                TEXT PRIMARY KEY,
+            events                INTEGER NOT NULL DEFAULT 0,
+            cost_usd              REAL    NOT NULL DEFAULT 0,
+            requests              INTEGER NOT NULL DEFAULT 0,
+            unattributed_cost_usd REAL    NOT NULL DEFAULT 0,
+            unattributed_requests INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+
+        CREATE TABLE alerts (
+            id        INTEGER PRIMARY KEY,
+            at        REAL NOT NULL,
+            at_iso    TEXT NOT NULL,
+            kind      TEXT NOT NULL,
+            period    TEXT,
+            threshold REAL,
+            message   TEXT NOT NULL,
+            payload   TEXT NOT NULL
+        );
+        CREATE INDEX alerts_at ON alerts (at);
+        """,
+    )
+
+
+#: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``, inside the transaction
+#: that also sets ``PRAGMA user_version``. Append only; never edit a released migration.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long each kind of row is kept, in days."""
+
+    events_days: int = 90
+    hourly_days: int = 35
+    daily_days: int = 400
+    alerts_days: int = 400
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        return cls(
+            events_days=settings.retention_days,
+            daily_days=settings.aggregate_retention_days,
+            alerts_days=settings.aggregate_retention_days,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """One alert that fired (budget threshold, projection...), kept so it does not fire twice."""
+
+    kind: str
+    message: str
+    at: datetime
+    period: str | None = None
+    threshold: float | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass
+class Batch:
+    """What one transaction writes.
+
+    ``source_states`` must be each source's reconciler state *after* the last of ``results``
+    from that source (the latest one). ``engine`` is ``Engine.to_dict()`` after all of
+    ``results``, or ``None`` to leave the stored engine state as it is (the results are then
+    replayed on load).
+    """
+
+    results: list[Accounting] = field(default_factory=list)
+    source_states: dict[str, StateBlob] = field(default_factory=dict)
+    engine: StateBlob | None = None
+    alerts: list[AlertRecord] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.results or self.source_states or self.engine is not None or self.alerts)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What :meth:`Store.commit_batch` wrote."""
+
+    batch: int
+    events_inserted: int
+    events_ignored: int
+    unattributed: int
+    alerts: int
+    engine_saved: bool
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """Rows :meth:`Store.prune` deleted and pages it gave back to the file system."""
+
+    events: int
+    unattributed: int
+    hourly: int
+    daily: int
+    alerts: int
+    freed_pages: int
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateRow:
+    """One row of ``hourly`` or ``daily``."""
+
+    start: datetime  # in the store's zone
+    label: str
+    source: str
+    tier: str  # a Tier or "unattributed"
+    model: str
+    cost_usd: float
+    requests: int
+    tokens: int
+    cache_hits: int
+    events: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(),
+            "label": self.label,
+            "source": self.source,
+            "tier": self.tier,
+            "model": self.model,
+            "cost_usd": self.cost_usd,
+            "requests": self.requests,
+            "tokens": self.tokens,
+            "cache_hits": self.cache_hits,
+            "events": self.events,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UnattributedRow:
+    """One stored :class:`Unattributed` remainder and when it was observed."""
+
+    remainder: Unattributed
+    observed_at: datetime
+
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "source",
+        "occurred_at",
+        "since",
+        "observed_at",
+        "requests",
+        "cost_usd",
+        "lost_events",
+        "reason",
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        item = self.remainder
+        return {
+            "source": item.source,
+            "occurred_at": item.occurred_at.isoformat(),
+            "since": item.since.isoformat() if item.since else None,
+            "observed_at": self.observed_at.isoformat(),
+            "requests": item.requests,
+            "cost_usd": item.cost_usd,
+            "lost_events": item.lost_events,
+            "reason": item.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Restored:
+    """Everything :meth:`Store.load` found: what the service needs to resume counting."""
+
+    engine: dict[str, Any] | None
+    engine_batch: int
+    engine_replay: list[Accounting]
+    source_states: dict[str, dict[str, Any]]
+    events: list[AccountedEvent]
+    alerts: list[AlertRecord]
+    first_contact: dict[str, datetime]
+    last_batch: int
+
+    def restore_engine(self, engine: Engine) -> None:
+        """Load counters, replay what was committed after them, and refill the recent ring.
+
+        Call on a fresh engine, before any new result is recorded.
+        """
+        if self.engine is not None:
+            engine.load_dict(self.engine)
+        replayed = {(event.source, event.key) for acc in self.engine_replay for event in acc.events}
+        engine.restore_events(
+            event for event in self.events if (event.source, event.key) not in replayed
+        )
+        for accounting in self.engine_replay:
+            engine.record(accounting)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _dumps(value: StateBlob) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def _local_label(start: float, kind: BucketKind, zone: tzinfo) -> str:
+    here = datetime.fromtimestamp(start, UTC).astimezone(zone)
+    if kind == "day":
+        return here.date().isoformat()
+    return here.isoformat(timespec="minutes")
+
+
+def _classify(path: Path, exc: BaseException, doing: str) -> StoreError:
+    """A :class:`StoreError` that says what is wrong with ``path`` and what to do about it."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    detail = str(exc) or type(exc).__name__
+    lowered = detail.lower()
+    where = f"database {path}"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in lowered:
+        message = (
+            f"{where} is locked by another process ({detail}) while {doing}; "
+            "stop the other cco-monitor or sqlite3 session that holds it"
+        )
+    elif (
+        name == "SQLITE_NOTADB"
+        or name.startswith("SQLITE_CORRUPT")
+        or "not a database" in lowered
+        or "malformed" in lowered
+    ):
+        message = (
+            f"{where} is corrupt or not a SQLite database ({detail}) while {doing}; it is "
+            "left untouched: move it aside (or restore a backup) to start a new one"
+        )
+    elif (
+        name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"))
+        or "readonly" in lowered
+        or "unable to open" in lowered
+    ):
+        message = (
+            f"{where} cannot be opened for writing ({detail}) while {doing}; check that the "
+            "file and its directory exist and are writable by this user"
+        )
+    elif name == "SQLITE_FULL" or "disk is full" in lowered:
+        message = f"{where}: the disk is full ({detail}) while {doing}"
+    elif name.startswith("SQLITE_IOERR") or "disk i/o" in lowered:
+        message = f"{where}: I/O error ({detail}) while {doing}; check the disk"
+    else:
+        message = f"{where}: {detail} (while {doing})"
+    return StoreError(message)
+
+
+_EVENT_COLUMNS = (
+    "source, key, occurred_at, occurred_at_iso, observed_at_iso, event_type, model, tier, "
+    "requests, cache_hits, tokens, input_tokens, output_tokens, latency_ms, status, cost_usd, "
+    "recorded_cost_usd, calculated_cost_usd, cost_basis, priced, price_version, batch, result"
+)
+_EVENT_SELECT = (
+    "source, key, occurred_at_iso, event_type, model, tier, requests, cache_hits, tokens, "
+    "input_tokens, output_tokens, latency_ms, status, cost_usd, recorded_cost_usd, "
+    "calculated_cost_usd, cost_basis, priced, price_version"
+)
+_UNATTRIBUTED_SELECT = (
+    "source, occurred_at_iso, since_iso, observed_at_iso, requests, cost_usd, lost_events, reason"
+)
+_AGGREGATE_COLUMNS = (
+    "bucket_start, label, source, tier, model, cost_usd, requests, tokens, cache_hits, events"
+)
+
+
+def _event_from_row(row: Sequence[Any]) -> AccountedEvent:
+    return AccountedEvent(
+        source=row[0],
+        key=row[1],
+        occurred_at=datetime.fromisoformat(row[2]),
+        event_type=row[3],
+        model=row[4],
+        tier=cast(Tier, row[5]),
+        requests=row[6],
+        cache_hits=row[7],
+        tokens=row[8],
+        input_tokens=row[9],
+        output_tokens=row[10],
+        latency_ms=row[11],
+        status=row[12],
+        cost_usd=row[13],
+        recorded_cost_usd=row[14],
+        calculated_cost_usd=row[15],
+        cost_basis=cast(CostBasis, row[16]),
+        priced=bool(row[17]),
+        price_version=row[18],
+    )
+
+
+def _unattributed_from_row(row: Sequence[Any]) -> UnattributedRow:
+    remainder = Unattributed(
+        source=row[0],
+        occurred_at=datetime.fromisoformat(row[1]),
+        requests=row[4],
+        cost_usd=row[5],
+        lost_events=row[6],
+        reason=row[7],
+        since=datetime.fromisoformat(row[2]) if row[2] else None,
+    )
+    return UnattributedRow(remainder, datetime.fromisoformat(row[3]))
+
+
+def _time_filter(
+    column: str, since: datetime | None, until: datetime | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(since.timestamp())
+    if until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(until.timestamp())
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+class _Aggregates:
+    """Per-batch sums for ``hourly`` and ``daily``, upserted once per key."""
+
+    KINDS: tuple[BucketKind, ...] = ("hour", "day")
+
+    def __init__(self, zone: tzinfo) -> None:
+        self.zone = zone
+        self.rows: dict[tuple[BucketKind, float, str, str, str], list[float]] = {}
+        # The last bucket seen per kind: a batch's events mostly share their hour and day.
+        self._last: dict[BucketKind, tuple[float, float]] = {}
+
+    def _start(self, kind: BucketKind, moment: datetime) -> float:
+        at = moment.timestamp()
+        last = self._last.get(kind)
+        if last is not None and last[0] <= at < last[1]:
+            return last[0]
+        start = bucket_start(moment, kind, self.zone)
+        self._last[kind] = (start, next_bucket_start(start, kind, self.zone))
+        return start
+
+    def _add(
+        self,
+        kind: BucketKind,
+        moment: datetime,
+        key: tuple[str, str, str],
+        values: tuple[float, int, int, int, int],
+    ) -> None:
+        start = self._start(kind, moment)
+        row = self.rows.setdefault((kind, start, *key), [0.0, 0, 0, 0, 0])
+        for index, value in enumerate(values):
+            row[index] += value
+
+    def event(self, event: AccountedEvent, observed_at: datetime) -> None:
+        moment = min(event.occurred_at, observed_at + MAX_CLOCK_SKEW)
+        key = (event.source, event.tier, event.model or "")
+        values = (event.cost_usd, event.requests, event.tokens or 0, event.cache_hits, 1)
+        for kind in self.KINDS:
+            self._add(kind, moment, key, values)
+
+    def unattributed(self, remainder: Unattributed, observed_at: datetime) -> None:
+        """Spread like the engine does: cost over [since, occurred_at], requests at the end."""
+        end = min(remainder.occurred_at, observed_at + MAX_CLOCK_SKEW)
+        since = remainder.since
+        start = since if since is not None and since < end else end
+        key = (remainder.source, UNATTRIBUTED, "")
+        for kind in self.KINDS:
+            for moment, share in self._spread(start, end, kind):
+                self._add(kind, moment, key, (remainder.cost_usd * share, 0, 0, 0, 0))
+            self._add(kind, end, key, (0.0, remainder.requests, 0, 0, 0))
+
+    def _spread(
+        self, start: datetime, end: datetime, kind: BucketKind
+    ) -> Iterator[tuple[datetime, float]]:
+        total = (end - start).total_seconds()
+        if total <= 0:
+            yield end, 1.0
+            return
+        cursor = start
+        while cursor < end:
+            boundary_at = next_bucket_start(self._start(kind, cursor), kind, self.zone)
+            boundary = min(datetime.fromtimestamp(boundary_at, UTC), end)
+            yield cursor, (boundary - cursor).total_seconds() / total
+            cursor = boundary
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        for kind, table in (("hour", "hourly"), ("day", "daily")):
+            params = [
+                (start, _local_label(start, kind, self.zone), source, tier, model, *values)
+                for (row_kind, start, source, tier, model), values in self.rows.items()
+                if row_kind == kind
+            ]
+            conn.executemany(
+                f"INSERT INTO {table} ({_AGGREGATE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "  # noqa: S608
+                "ON CONFLICT (bucket_start, source, tier, model) DO UPDATE SET "
+                "cost_usd = cost_usd + excluded.cost_usd, "
+                "requests = requests + excluded.requests, "
+                "tokens = tokens + excluded.tokens, "
+                "cache_hits = cache_hits + excluded.cache_hits, "
+                "events = events + excluded.events",
+                params,
+            )
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+class Store:
+    """One connection to ``monitor.db``; thread-safe (one operation at a time).
+
+    Open with :meth:`open` (or :meth:`open_settings`); close with :meth:`close` or ``with``.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        readonly: bool,
+        zone: tzinfo,
+        retention: Retention,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self.zone = zone
+        self.retention = retention
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._closed = False
+        self._last_batch = 0
+        if not readonly:
+            self._last_batch = self._read_last_batch()
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        zone: tzinfo = UTC,
+        retention: Retention | None = None,
+        busy_timeout: float = 5.0,
+        synchronous: Synchronous = "NORMAL",
+    ) -> Store:
+        """Open (creating and migrating when writable) the database at ``path``.
+
+        Raises :class:`StoreError` when it is corrupt, foreign, of a newer schema, locked for
+        longer than ``busy_timeout`` seconds, or not writable (unless ``readonly``).
+        ``readonly`` opens with ``mode=ro``: safe while the daemon writes (WAL readers do not
+        block the writer), never creates or migrates anything.
+        """
+        target = Path(path).expanduser().absolute()
+        conn = (
+            cls._connect_readonly(target, busy_timeout)
+            if readonly
+            else cls._connect(target, busy_timeout)
+        )
+        try:
+            cls._prepare(conn, target, readonly=readonly, synchronous=synchronous)
+            return cls(
+                conn,
+                target,
+                readonly=readonly,
+                zone=zone,
+                retention=retention or Retention(),
+            )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _classify(target, exc, "opening it") from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def open_settings(cls, settings: Settings, *, readonly: bool = False) -> Store:
+        """:meth:`open` ``settings.db_path`` with the configured zone and retention."""
+        return cls.open(
+            settings.db_path,
+            readonly=readonly,
+            zone=settings.zone,
+            retention=Retention.from_settings(settings),
+        )
+
+    @staticmethod
+    def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the directory of database {path}: {exc.strerror or exc}"
+            ) from exc
+        if path.is_dir():
+            raise StoreError(f"database {path} is a directory, not a file")
+        if not path.exists():
+            try:
+                # An empty file is an empty database; create it private.
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create database {path}: {exc.strerror or exc}; check that its "
+                    "directory is writable by this user"
+                ) from exc
+        try:
+            return sqlite3.connect(
+                path,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise _classify(path, exc, "opening it") from exc
+
+    @staticmethod
+    def _connect_readonly(path: Path, busy_timeout: float) -> sqlite3.Connection:
+        if not path.is_file():
+            raise StoreError(f"no database at {path} (has the daemon run with this state dir?)")
+        uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+        try:
+            return sqlite3.connect(
+                uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise _classify(path, exc, "opening it read-only") from exc
+
+    @staticmethod
+    def _prepare(
+        conn: sqlite3.Connection, path: Path, *, readonly: bool, synchronous: Synchronous
+    ) -> None:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        tables = int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {path} has schema version {version}, newer than this cco-monitor "
+                f"knows ({SCHEMA_VERSION}); upgrade cco-monitor or use another state dir"
+            )
+        fresh = version == 0 and tables == 0 and app_id in (0, APPLICATION_ID)
+        if not fresh and app_id != APPLICATION_ID:
+            raise StoreError(
+                f"database {path} is a SQLite database but not a cco-monitor one "
+                f"(application_id {app_id:#x}, {tables} schema objects); refusing to touch it"
+            )
+        conn.execute("PRAGMA foreign_keys = OFF")
+        if readonly:
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {path} has schema version {version} (this cco-monitor needs "
+                    f"{SCHEMA_VERSION}); start the daemon once to migrate it"
+                )
+            return
+        if fresh:
+            # Only possible before the first table exists: lets prune() give pages back.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        if mode.lower() != "wal":
+            raise StoreError(f"database {path}: cannot use WAL journal mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+        # Take the write lock now: a locked or read-only file fails here, clearly, at start-up.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](conn)
+            if version < SCHEMA_VERSION:
+                now = datetime.now(UTC).isoformat()
+                if version == 0:
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (now,))
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (f"migrated_to_{SCHEMA_VERSION}_at", now),
+                )
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the connection (idempotent). The last writer checkpoints the WAL."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if not self.readonly:
+                    self._conn.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass
+            finally:
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def last_batch(self) -> int:
+        """Id of the last committed batch (0 before the first)."""
+        return self._last_batch
+
+    def _read_last_batch(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'last_batch'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _writable(self) -> None:
+        if self._closed:
+            raise StoreError(f"database {self.path} is closed")
+        if self.readonly:
+            raise StoreError(f"database {self.path} is open read-only")
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- writing -----------------------------------------------------------------------
+
+    def commit_batch(self, batch: Batch) -> CommitResult:
+        """Write ``batch`` in one transaction: all of it, or (on any error) none of it."""
+        started = time.perf_counter()
+        with self._lock:
+            self._writable()
+            batch_id = self._last_batch + 1
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    counts = self._write(conn, batch, batch_id)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _classify(self.path, exc, "committing a batch") from exc
+            self._last_batch = batch_id
+        inserted, ignored, unattributed = counts
+        return CommitResult(
+            batch=batch_id,
+            events_inserted=inserted,
+            events_ignored=ignored,
+            unattributed=unattributed,
+            alerts=len(batch.alerts),
+            engine_saved=batch.engine is not None,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def _write(self, conn: sqlite3.Connection, batch: Batch, batch_id: int) -> tuple[int, int, int]:
+        now = self._clock()
+        aggregates = _Aggregates(self.zone)
+        inserted = ignored = unattributed = 0
+        insert_event = (
+            f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) "  # noqa: S608
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        )
+        for index, accounting in enumerate(batch.results):
+            observed_iso = _iso(accounting.observed_at)
+            if accounting.first_contact:
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                    (f"first_contact:{accounting.source}", observed_iso),
+                )
+            for event in accounting.events:
+                cursor = conn.execute(
+                    insert_event,
+                    (
+                        event.source,
+                        event.key,
+                        event.occurred_at.timestamp(),
+                        _iso(event.occurred_at),
+                        observed_iso,
+                        event.event_type,
+                        event.model,
+                        event.tier,
+                        event.requests,
+                        event.cache_hits,
+                        event.tokens,
+                        event.input_tokens,
+                        event.output_tokens,
+                        event.latency_ms,
+                        event.status,
+                        event.cost_usd,
+                        event.recorded_cost_usd,
+                        event.calculated_cost_usd,
+                        event.cost_basis,
+                        int(event.priced),
+                        event.price_version,
+                        batch_id,
+                        index,
+                    ),
+                )
+                if cursor.rowcount == 1:
+                    inserted += 1
+                    aggregates.event(event, accounting.observed_at)
+                else:
+                    ignored += 1
+            remainder = accounting.unattributed
+            if remainder is not None:
+                unattributed += 1
+                conn.execute(
+                    "INSERT INTO unattributed (source, occurred_at, occurred_at_iso, since, "
+                    "since_iso, observed_at_iso, requests, cost_usd, lost_events, reason, batch, "
+                    "result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        remainder.source,
+                        remainder.occurred_at.timestamp(),
+                        _iso(remainder.occurred_at),
+                        remainder.since.timestamp() if remainder.since else None,
+                        _iso(remainder.since) if remainder.since else None,
+                        observed_iso,
+                        remainder.requests,
+                        remainder.cost_usd,
+                        remainder.lost_events,
+                        remainder.reason,
+                        batch_id,
+                        index,
+                    ),
+                )
+                aggregates.unattributed(remainder, accounting.observed_at)
+        aggregates.write(conn)
+        conn.executemany(
+            "INSERT INTO source_state (source, state, batch, updated_at) VALUES (?,?,?,?) "
+            "ON CONFLICT (source) DO UPDATE SET state = excluded.state, batch = excluded.batch, "
+            "updated_at = excluded.updated_at",
+            [(name, _dumps(state), batch_id, now) for name, state in batch.source_states.items()],
+        )
+        if batch.engine is not None:
+            conn.execute(
+                "INSERT INTO engine_state (id, state, batch, updated_at) VALUES (1,?,?,?) "
+                "ON CONFLICT (id) DO UPDATE SET state = excluded.state, batch = excluded.batch, "
+                "updated_at = excluded.updated_at",
+                (_dumps(batch.engine), batch_id, now),
+            )
+        conn.executemany(
+            "INSERT INTO alerts (at, at_iso, kind, period, threshold, message, payload) "
+            "VALUES (?,?,?,?,?,?,?)",
+            [
+                (
+                    alert.at.timestamp(),
+                    _iso(alert.at),
+                    alert.kind,
+                    alert.period,
+                    alert.threshold,
+                    alert.message,
+                    _dumps(alert.payload),
+                )
+                for alert in batch.alerts
+            ],
+        )
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_batch', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(batch_id),),
+        )
+        return inserted, ignored, unattributed
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set one ``meta`` value (its own transaction)."""
+        with self._lock:
+            self._writable()
+            try:
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+            except sqlite3.Error as exc:
+                raise _classify(self.path, exc, "writing meta") from exc
+
+    # -- restoring ---------------------------------------------------------------------
+
+    def load(self, *, recent_events: int = 1000, alerts: int = 200) -> Restored:
+        """What the service needs at start-up, read in one consistent snapshot."""
+        with self._lock, self._read("restoring state") as conn:
+            engine_row = conn.execute(
+                "SELECT state, batch FROM engine_state WHERE id = 1"
+            ).fetchone()
+            engine = orjson.loads(engine_row[0]) if engine_row else None
+            engine_batch = int(engine_row[1]) if engine_row else 0
+            states = {
+                source: orjson.loads(state)
+                for source, state in conn.execute("SELECT source, state FROM source_state")
+            }
+            rows = conn.execute(
+                f"SELECT {_EVENT_SELECT} FROM events ORDER BY rowid DESC LIMIT ?",  # noqa: S608
+                (recent_events,),
+            ).fetchall()
+            events = [_event_from_row(row) for row in reversed(rows)]
+            replay = self._replay(conn, engine_batch)
+            first_contact = {
+                key.removeprefix("first_contact:"): datetime.fromisoformat(value)
+                for key, value in conn.execute(
+                    "SELECT key, value FROM meta WHERE key LIKE 'first\\_contact:%' ESCAPE '\\'"
+                )
+            }
+            last = conn.execute("SELECT value FROM meta WHERE key = 'last_batch'").fetchone()
+            alert_rows = self._alerts(conn, None, alerts)
+        return Restored(
+            engine=engine,
+            engine_batch=engine_batch,
+            engine_replay=replay,
+            source_states=states,
+            events=events,
+            alerts=alert_rows,
+            first_contact=first_contact,
+            last_batch=int(last[0]) if last else 0,
+        )
+
+    @staticmethod
+    def _replay(conn: sqlite3.Connection, after: int) -> list[Accounting]:
+        """Results committed after batch ``after``, rebuilt in commit order."""
+        groups: dict[
+            tuple[int, int], tuple[str, datetime, list[AccountedEvent], list[Unattributed]]
+        ]
+        groups = {}
+        for row in conn.execute(
+            f"SELECT batch, result, observed_at_iso, {_EVENT_SELECT} FROM events "  # noqa: S608
+            "WHERE batch > ? ORDER BY rowid",
+            (after,),
+        ):
+            event = _event_from_row(row[3:])
+            group = groups.setdefault(
+                (row[0], row[1]), (event.source, datetime.fromisoformat(row[2]), [], [])
+            )
+            group[2].append(event)
+        for row in conn.execute(
+            f"SELECT batch, result, {_UNATTRIBUTED_SELECT} FROM unattributed "  # noqa: S608
+            "WHERE batch > ? ORDER BY id",
+            (after,),
+        ):
+            item = _unattributed_from_row(row[2:])
+            group = groups.setdefault(
+                (row[0], row[1]), (item.remainder.source, item.observed_at, [], [])
+            )
+            group[3].append(item.remainder)
+        result: list[Accounting] = []
+        for key in sorted(groups):
+            source, observed_at, events, remainders = groups[key]
+            result.append(
+                Accounting(
+                    source, observed_at, tuple(events), remainders[0] if remainders else None
+                )
+            )
+            # One Accounting holds one remainder; more would only come from a hand-edited file.
+            result.extend(Accounting(source, observed_at, (), extra) for extra in remainders[1:])
+        return result
+
+    class _ReadTransaction:
+        def __init__(self, store: Store, doing: str) -> None:
+            self.store = store
+            self.doing = doing
+
+        def __enter__(self) -> sqlite3.Connection:
+            if self.store._closed:
+                raise StoreError(f"database {self.store.path} is closed")
+            try:
+                self.store._conn.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise _classify(self.store.path, exc, self.doing) from exc
+            return self.store._conn
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            try:
+                self.store._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            except sqlite3.Error as error:
+                if exc_type is None:
+                    raise _classify(self.store.path, error, self.doing) from error
+            if isinstance(exc, sqlite3.Error):
+                raise _classify(self.store.path, exc, self.doing) from exc
+
+    def _read(self, doing: str) -> Store._ReadTransaction:
+        """A consistent read snapshot (WAL: never blocks nor is blocked by the writer)."""
+        return Store._ReadTransaction(self, doing)
+
+    # -- queries (report, API) -----------------------------------------------------------
+
+    def events(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = 1000,
+        *,
+        source: str | None = None,
+        newest_first: bool = True,
+    ) -> list[AccountedEvent]:
+        """Stored events with ``since <= occurred_at < until``."""
+        where, params = _time_filter("occurred_at", since, until)
+        if source is not None:
+            where += (" AND" if where else " WHERE") + " source = ?"
+            params.append(source)
+        order = "DESC" if newest_first else "ASC"
+        sql = (
+            f"SELECT {_EVENT_SELECT} FROM events{where} ORDER BY occurred_at {order}, rowid {order}"  # noqa: S608
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._lock, self._read("reading events") as conn:
+            return [_event_from_row(row) for row in conn.execute(sql, params)]
+
+    def unattributed_rows(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[UnattributedRow]:
+        """Stored unattributed remainders with ``since <= occurred_at < until``, oldest first."""
+        where, params = _time_filter("occurred_at", since, until)
+        sql = f"SELECT {_UNATTRIBUTED_SELECT} FROM unattributed{where} ORDER BY occurred_at, id"  # noqa: S608
+        with self._lock, self._read("reading unattributed rows") as conn:
+            return [_unattributed_from_row(row) for row in conn.execute(sql, params)]
+
+    def hourly_rows(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[AggregateRow]:
+        """``hourly`` rows whose bucket starts in ``[since, until)``, oldest first."""
+        return self._aggregate_rows("hourly", since, until)
+
+    def daily_rows(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[AggregateRow]:
+        """``daily`` rows whose bucket starts in ``[since, until)``, oldest first."""
+        return self._aggregate_rows("daily", since, until)
+
+    def _aggregate_rows(
+        self, table: str, since: datetime | None, until: datetime | None
+    ) -> list[AggregateRow]:
+        where, params = _time_filter("bucket_start", since, until)
+        sql = (
+            f"SELECT {_AGGREGATE_COLUMNS} FROM {table}{where} "  # noqa: S608
+            "ORDER BY bucket_start, source, tier, model"
+        )
+        with self._lock, self._read(f"reading {table}") as conn:
+            return [self._aggregate_from_row(row) for row in conn.execute(sql, params)]
+
+    def _aggregate_from_row(self, row: Sequence[Any]) -> AggregateRow:
+        return AggregateRow(
+            start=datetime.fromtimestamp(row[0], UTC).astimezone(self.zone),
+            label=row[1],
+            source=row[2],
+            tier=row[3],
+            model=row[4],
+            cost_usd=row[5],
+            requests=row[6],
+            tokens=row[7],
+            cache_hits=row[8],
+            events=row[9],
+        )
+
+    def alerts(self, since: datetime | None = None, limit: int = 200) -> list[AlertRecord]:
+        """The newest ``limit`` alerts at or after ``since``, oldest first."""
+        with self._lock, self._read("reading alerts") as conn:
+            return self._alerts(conn, since, limit)
+
+    @staticmethod
+    def _alerts(conn: sqlite3.Connection, since: datetime | None, limit: int) -> list[AlertRecord]:
+        where, params = _time_filter("at", since, None)
+        rows = conn.execute(
+            "SELECT id, at_iso, kind, period, threshold, message, payload "  # noqa: S608
+            f"FROM alerts{where} ORDER BY at DESC, id DESC LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        return [
+            AlertRecord(
+                kind=row[2],
+                message=row[5],
+                at=datetime.fromisoformat(row[1]),
+                period=row[3],
+                threshold=row[4],
+                payload=orjson.loads(row[6]),
+                id=row[0],
+            )
+            for row in reversed(rows)
+        ]
+
+    def meta(self) -> dict[str, str]:
+        """Every ``meta`` key and value."""
+        with self._lock, self._read("reading meta") as conn:
+            return dict(conn.execute("SELECT key, value FROM meta"))
+
+    # -- retention ---------------------------------------------------------------------
+
+    def prune(self, now: datetime) -> PruneResult:
+        """Delete rows older than their retention, then give the free pages back.
+
+        Events and unattributed rows are only deleted once the stored engine state covers
+        them (their batch is not newer), and their totals move to ``retired`` so that
+        :meth:`check` still balances.
+        """
+        started = time.perf_counter()
+        keep = self.retention
+        event_cutoff = (now - timedelta(days=keep.events_days)).timestamp()
+        hourly_cutoff = (now - timedelta(days=keep.hourly_days)).timestamp()
+        daily_cutoff = (now - timedelta(days=keep.daily_days)).timestamp()
+        alerts_cutoff = (now - timedelta(days=keep.alerts_days)).timestamp()
+        with self._lock:
+            self._writable()
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    counts = self._prune(
+                        conn, event_cutoff, hourly_cutoff, daily_cutoff, alerts_cutoff
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                freed = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                conn.execute("PRAGMA incremental_vacuum").fetchall()
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                raise _classify(self.path, exc, "pruning old rows") from exc
+        return PruneResult(*counts, freed, (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _prune(
+        conn: sqlite3.Connection,
+        event_cutoff: float,
+        hourly_cutoff: float,
+        daily_cutoff: float,
+        alerts_cutoff: float,
+    ) -> tuple[int, int, int, int, int]:
+        row = conn.execute("SELECT batch FROM engine_state WHERE id = 1").fetchone()
+        covered = int(row[0]) if row else 0
+        old = "occurred_at < ? AND batch <= ?"
+        for table, select in (
+            ("events", "count(*), total(cost_usd), total(requests), 0, 0"),
+            ("unattributed", "0, 0, 0, total(cost_usd), total(requests)"),
+        ):
+            conn.execute(
+                "INSERT INTO retired (source, events, cost_usd, requests, "  # noqa: S608
+                "unattributed_cost_usd, unattributed_requests) "
+                f"SELECT source, {select} FROM {table} WHERE {old} GROUP BY source "
+                "ON CONFLICT (source) DO UPDATE SET events = events + excluded.events, "
+                "cost_usd = cost_usd + excluded.cost_usd, "
+                "requests = requests + excluded.requests, "
+                "unattributed_cost_usd = unattributed_cost_usd + excluded.unattributed_cost_usd, "
+                "unattributed_requests = unattributed_requests + excluded.unattributed_requests",
+                (event_cutoff, covered),
+            )
+        events = conn.execute(f"DELETE FROM events WHERE {old}", (event_cutoff, covered)).rowcount  # noqa: S608
+        unattributed = conn.execute(
+            f"DELETE FROM unattributed WHERE {old}",  # noqa: S608
+            (event_cutoff, covered),
+        ).rowcount
+        hourly = conn.execute(
+            "DELETE FROM hourly WHERE bucket_start < ?", (hourly_cutoff,)
+        ).rowcount
+        daily = conn.execute("DELETE FROM daily WHERE bucket_start < ?", (daily_cutoff,)).rowcount
+        alerts = conn.execute("DELETE FROM alerts WHERE at < ?", (alerts_cutoff,)).rowcount
+        return events, unattributed, hourly, daily, alerts
+
+    # -- db check / db export ----------------------------------------------------------
+
+    def check(self) -> list[str]:
+        """Lines for ``cco-monitor db check``; a problem's line starts with :data:`CHECK_FAIL`.
+
+        Checks the file's integrity, the schema version, and per source that the reconciler
+        state's attributed/unattributed totals equal what is stored (plus what was pruned).
+        """
+        lines: list[str] = []
+        with self._lock, self._read("checking it") as conn:
+            try:
+                problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            except sqlite3.DatabaseError as exc:
+                problems = [f"integrity_check stopped: {exc}"]
+            if problems == ["ok"]:
+                lines.append("ok   integrity_check")
+            else:
+                lines.extend(f"{CHECK_FAIL} integrity: {problem}" for problem in problems[:50])
+            # What follows may hit damaged pages too: report each failure, never stop.
+            for step in (self._check_schema, self._check_counts, self._check_sources):
+                try:
+                    lines.extend(step(conn))
+                except sqlite3.DatabaseError as exc:
+                    lines.append(f"{CHECK_FAIL} {step.__name__.removeprefix('_check_')}: {exc}")
+        return lines
+
+    @staticmethod
+    def _check_schema(conn: sqlite3.Connection) -> list[str]:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        status = "ok  " if version == SCHEMA_VERSION else CHECK_FAIL
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        return [
+            f"{status} schema version {version} (this program: {SCHEMA_VERSION})",
+            f"info journal_mode {mode}",
+        ]
+
+    @staticmethod
+    def _check_counts(conn: sqlite3.Connection) -> list[str]:
+        lines = []
+        for table in ("events", "unattributed", "hourly", "daily", "source_state", "alerts"):
+            count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+            lines.append(f"info {table}: {count} rows")
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        lines.append(f"info size: {pages * page_size} bytes ({free} free pages)")
+        engine = conn.execute("SELECT batch FROM engine_state WHERE id = 1").fetchone()
+        last = conn.execute("SELECT value FROM meta WHERE key = 'last_batch'").fetchone()
+        lines.append(
+            f"info last batch {last[0] if last else 0}, engine state as of batch "
+            f"{engine[0] if engine else 'none'}"
+        )
+        return lines
+
+    @staticmethod
+    def _check_sources(conn: sqlite3.Connection) -> list[str]:
+        lines: list[str] = []
+        stored: dict[str, list[float]] = {}
+        for source, cost, requests in conn.execute(
+            "SELECT source, total(cost_usd), total(requests) FROM events GROUP BY source"
+        ):
+            stored.setdefault(source, [0.0, 0, 0.0, 0])[:2] = [cost, requests]
+        for source, cost, requests in conn.execute(
+            "SELECT source, total(cost_usd), total(requests) FROM unattributed GROUP BY source"
+        ):
+            stored.setdefault(source, [0.0, 0, 0.0, 0])[2:] = [cost, requests]
+        for source, cost, requests, u_cost, u_requests in conn.execute(
+            "SELECT source, cost_usd, requests, unattributed_cost_usd, unattributed_requests "
+            "FROM retired"
+        ):
+            totals = stored.setdefault(source, [0.0, 0, 0.0, 0])
+            for index, value in enumerate((cost, requests, u_cost, u_requests)):
+                totals[index] += value
+        for source, text in conn.execute("SELECT source, state FROM source_state ORDER BY source"):
+            try:
+                state = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                lines.append(f"{CHECK_FAIL} source {source}: state is not JSON ({exc})")
+                continue
+            totals = stored.get(source, [0.0, 0, 0.0, 0])
+            pairs = (
+                ("attributed cost", float(state.get("attributed_cost", 0.0)), totals[0]),
+                ("attributed requests", float(state.get("attributed_requests", 0)), totals[1]),
+                ("unattributed cost", float(state.get("unattributed_cost", 0.0)), totals[2]),
+                ("unattributed requests", float(state.get("unattributed_requests", 0)), totals[3]),
+            )
+            bad = [
+                f"{name} {in_state:.6f} in state != {in_rows:.6f} stored"
+                for name, in_state, in_rows in pairs
+                if abs(in_state - in_rows) > _COST_TOLERANCE * max(1.0, abs(in_state))
+            ]
+            if bad:
+                lines.append(f"{CHECK_FAIL} source {source}: " + "; ".join(bad))
+            else:
+                lines.append(
+                    f"ok   source {source}: state matches stored rows "
+                    f"(${totals[0] + totals[2]:.6f}, {int(totals[1] + totals[3])} requests)"
+                )
+        return lines
+
+    def export(
+        self,
+        kind: ExportKind,
+        fmt: ExportFormat,
+        out: TextIO,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int:
+        """Write ``kind`` rows in ``[since, until)`` to ``out`` as JSON lines or CSV; count them.
+
+        Events are written as ``AccountedEvent.as_dict()`` (they load back with ``from_dict``).
+        """
+        sql, params, convert, columns = self._export_query(kind, since, until)
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"unknown export format {fmt!r}")
+        writer = (
+            csv.DictWriter(out, fieldnames=columns, lineterminator="\n") if fmt == "csv" else None
+        )
+        if writer is not None:
+            writer.writeheader()
+        count = 0
+        with self._lock, self._read(f"exporting {kind}") as conn:
+            cursor = conn.execute(sql, params)
+            while rows := cursor.fetchmany(1000):
+                for row in rows:
+                    record = convert(row)
+                    if writer is None:
+                        out.write(orjson.dumps(record).decode() + "\n")
+                    else:
+                        writer.writerow({key: _csv_value(value) for key, value in record.items()})
+                    count += 1
+        return count
+
+    def _export_query(
+        self, kind: ExportKind, since: datetime | None, until: datetime | None
+    ) -> tuple[str, list[Any], Callable[[Sequence[Any]], dict[str, Any]], list[str]]:
+        if kind == "events":
+            where, params = _time_filter("occurred_at", since, until)
+            sql = f"SELECT {_EVENT_SELECT} FROM events{where} ORDER BY occurred_at, rowid"  # noqa: S608
+
+            def event(row: Sequence[Any]) -> dict[str, Any]:
+                return _event_from_row(row).as_dict()
+
+            return sql, params, event, list(AccountedEvent.__dataclass_fields__)
+        if kind == "unattributed":
+            where, params = _time_filter("occurred_at", since, until)
+            sql = (
+                f"SELECT {_UNATTRIBUTED_SELECT} FROM unattributed{where} "  # noqa: S608
+                "ORDER BY occurred_at, id"
+            )
+
+            def remainder(row: Sequence[Any]) -> dict[str, Any]:
+                return _unattributed_from_row(row).as_dict()
+
+            return sql, params, remainder, list(UnattributedRow.COLUMNS)
+        if kind in ("hourly", "daily"):
+            where, params = _time_filter("bucket_start", since, until)
+            sql = (
+                f"SELECT {_AGGREGATE_COLUMNS} FROM {kind}{where} "  # noqa: S608
+                "ORDER BY bucket_start, source, tier, model"
+            )
+
+            def aggregate(row: Sequence[Any]) -> dict[str, Any]:
+                return self._aggregate_from_row(row).as_dict()
+
+            return sql, params, aggregate, list(AggregateRow.__dataclass_fields__)
+        raise ValueError(f"unknown export kind {kind!r}")
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
