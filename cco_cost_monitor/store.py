@@ -43,6 +43,7 @@ clear message. It is never reset, recreated or repaired silently.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sqlite3
@@ -1108,11 +1109,12 @@ class Store:
             return self.store._conn
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            try:
-                self.store._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            except sqlite3.Error as error:
-                if exc_type is None:
-                    raise _classify(self.store.path, error, self.doing) from error
+            conn = self.store._conn
+            # A read transaction: ending it by rollback loses nothing, and it cannot fail in a
+            # way that matters for what was read (on a damaged file it may report the damage).
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
                 raise _classify(self.store.path, exc, self.doing) from exc
 
