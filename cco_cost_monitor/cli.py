@@ -11,6 +11,7 @@ Exit statuses follow the LSB conventions of the contract: 0 success, 1 failure,
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -111,7 +112,42 @@ def _load(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return loaded, flags
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+# Commands that live in other modules, imported only when used: `statusline` must start
+# fast, and `simulate` pulls in aiohttp.
+LAZY_COMMANDS = {
+    "simulate": "cco_cost_monitor.simulator.cli:simulate_command",
+    "demo": "cco_cost_monitor.demo:demo_command",
+    "status": "cco_cost_monitor.terminal:status",
+    "watch": "cco_cost_monitor.terminal:watch",
+    "statusline": "cco_cost_monitor.terminal:statusline",
+    "report": "cco_cost_monitor.terminal:report",
+    "db": "cco_cost_monitor.dbcli:db_group",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when that command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attribute = target.partition(":")
+        module = importlib.import_module(module_name)
+        command = getattr(module, attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="cco-monitor")
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -263,31 +299,14 @@ def config_command(as_json: bool, **options: Any) -> None:
         click.echo(f"{key:<{width}}  {orjson.dumps(value).decode()}  # {origin}")
 
 
-def _attach_optional_commands() -> None:
-    """Commands that live in their own modules."""
-    from cco_cost_monitor.simulator.cli import simulate_command  # noqa: PLC0415
-
-    main.add_command(simulate_command)
-    for module_name in (
-        "cco_cost_monitor.demo",
-        "cco_cost_monitor.terminal",
-        "cco_cost_monitor.dbcli",
-    ):
-        try:
-            module = __import__(module_name, fromlist=["commands"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        for command in module.commands():
-            main.add_command(command)
-
-
-_attach_optional_commands()
-
-
 def run() -> None:
-    """Entry point with a clean message for our own errors."""
+    """The console script: a clean message for our own errors, a fast status line."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["statusline"] and not {"-h", "--help"} & set(argv):
+        # Runs from a shell prompt on every keystroke-to-prompt: skip click and pydantic.
+        from cco_cost_monitor.client import statusline_main  # noqa: PLC0415
+
+        sys.exit(statusline_main(argv[1:]))
     try:
         main()
     except (StartupError, ConfigError) as exc:

@@ -199,7 +199,3 @@ def _line(service: Any, ledger: dict[str, Any]) -> str:
         f"{totals['unattributed_requests']} req; proxy restarts {source['proxy_restarts']})"
         f"{truth} | {tiers} | burn ${summary['burn_rate_usd_per_hour']['5m']:.2f}/h"
     )
-
-
-def commands() -> list[click.Command]:
-    return [demo_command]

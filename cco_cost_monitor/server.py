@@ -212,13 +212,10 @@ class Service:
         return self.engine.timeseries(kind, since)
 
     def statusline(self) -> str:
-        now = self.clock()
-        today, _ = self.engine.period_totals(now, "today")
-        rate = self.engine.burn_rate(now, 3600)
-        views = self.views()
-        connected = sum(1 for view in views if view.connection.status == "connected")
-        link = "live" if connected == len(views) else f"{connected}/{len(views)} sources"
-        return f"${today:.2f} today · ${rate:.2f}/h · {link}"
+        """The same line ``cco-monitor statusline`` prints: today, burn rate, budget state."""
+        from cco_cost_monitor.client import format_statusline  # noqa: PLC0415
+
+        return format_statusline(self.summary())
 
     # -- reload ------------------------------------------------------------------------
 

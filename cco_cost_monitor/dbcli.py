@@ -1,0 +1,123 @@
+"""``cco-monitor db``: check, export and prune the database, with or without a daemon.
+
+``check`` and ``export`` open ``monitor.db`` read-only (safe while the daemon writes, WAL
+readers do not block it). ``prune`` applies the retention policy now instead of waiting
+for the daemon's hourly pass. A corrupt, locked or missing database is reported with a
+clear message and exit status 1; nothing here ever resets or recreates it.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cco_cost_monitor.cli import EXIT_FAILURE, _load, common_options
+from cco_cost_monitor.errors import StoreError
+
+
+def _open(settings: Any, *, readonly: bool) -> Any:
+    from cco_cost_monitor.store import Store  # noqa: PLC0415
+
+    path: Path = settings.db_path
+    if not path.exists():
+        click.echo(f"cco-monitor: no database at {path} (has the daemon run yet?)", err=True)
+        sys.exit(EXIT_FAILURE)
+    try:
+        return Store.open_settings(settings, readonly=readonly)
+    except StoreError as exc:
+        click.echo(f"cco-monitor: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
+@click.group("db")
+def db_group() -> None:
+    """Check, export or prune the monitor's database (monitor.db in the state dir)."""
+
+
+@db_group.command("check")
+@common_options
+def check(**options: Any) -> None:
+    """Integrity, schema version, and that stored events balance the accounting state."""
+    from cco_cost_monitor.store import CHECK_FAIL  # noqa: PLC0415
+
+    loaded, _ = _load(options)
+    store = _open(loaded.settings, readonly=True)
+    try:
+        lines = store.check()
+    except StoreError as exc:
+        click.echo(f"{CHECK_FAIL} {exc}")
+        sys.exit(EXIT_FAILURE)
+    finally:
+        store.close()
+    for line in lines:
+        click.echo(line)
+    sys.exit(EXIT_FAILURE if any(line.startswith(CHECK_FAIL) for line in lines) else 0)
+
+
+@db_group.command("export")
+@common_options
+@click.option(
+    "--kind",
+    type=click.Choice(["events", "unattributed", "hourly", "daily"]),
+    default="events",
+    show_default=True,
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option("--since", default=None, help="RFC 3339 or relative (30m, 6h, 7d).")
+@click.option("--until", default=None, help="RFC 3339 or relative; default now.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write here instead of standard output.",
+)
+def export(
+    kind: str, fmt: str, since: str | None, until: str | None, output: Path | None, **options: Any
+) -> None:
+    """Write stored rows as JSON lines or CSV."""
+    from cco_cost_monitor.terminal import parse_moment  # noqa: PLC0415
+
+    loaded, _ = _load(options)
+    settings = loaded.settings
+    now = datetime.now(UTC)
+    try:
+        start = parse_moment(since, now, settings.zone) if since else None
+        end = parse_moment(until, now, settings.zone) if until else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    store = _open(settings, readonly=True)
+    try:
+        if output is None:
+            count = store.export(kind, fmt, sys.stdout, start, end)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as handle:
+                count = store.export(kind, fmt, handle, start, end)
+    except StoreError as exc:
+        click.echo(f"cco-monitor: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    finally:
+        store.close()
+    click.echo(f"{count} {kind} rows exported", err=True)
+
+
+@db_group.command("prune")
+@common_options
+def prune(**options: Any) -> None:
+    """Apply the retention policy now (events, hourly and daily aggregates, alerts)."""
+    loaded, _ = _load(options)
+    store = _open(loaded.settings, readonly=False)
+    try:
+        result = store.prune(datetime.now(UTC))
+    except StoreError as exc:
+        click.echo(f"cco-monitor: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    finally:
+        store.close()
+    click.echo(str(result))
