@@ -28,6 +28,8 @@ import pytest
 CLI = [sys.executable, "-m", "cco_cost_monitor"]
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
+# Debian package of each external binary the tests use.
+PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus", "chromium": "chromium"}
 
 
 def require_binary(*names: str) -> str:
@@ -36,7 +38,8 @@ def require_binary(*names: str) -> str:
         found = shutil.which(name)
         if found:
             return found
-    message = f"{' / '.join(names)} not installed (apt-get install -y {names[0]})"
+    package = PACKAGES.get(names[0], names[0])
+    message = f"{' / '.join(names)} not installed (apt-get install -y {package})"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)

@@ -20,11 +20,6 @@ from tests.helpers_obs import free_port, get, monitor, simulator
 
 GRACE = 2.0
 HEALTH_ENV = {"CCO_MONITOR_HEALTH_GRACE_SECONDS": str(GRACE)}
-# Known bug (reported to the lead with a patch): ConnectionState.move() resets ``since`` on
-# every reconnect attempt (connecting <-> disconnected), so a source that stays down never
-# outlives the grace period and /health never reaches "fail". Fixed by tracking when the
-# source stopped being connected (``down_since``). Strict: once fixed otherwise, this
-# marker must go.
 
 
 def health(url: str) -> tuple[int, dict[str, Any]]:

@@ -32,6 +32,7 @@ from tests.helpers_obs import (
     post_json,
     require_binary,
     simulator,
+    spawn,
     wait_until,
 )
 
@@ -243,3 +244,37 @@ def test_prometheus_example_is_valid() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+@pytest.mark.slow
+def test_real_prometheus_scrapes_the_monitor(live: tuple[str, str, Path]) -> None:
+    """A real Prometheus server scraping every second answers a PromQL query for the cost."""
+    prometheus = require_binary("prometheus")
+    _, url, workdir = live
+    target = url.removeprefix("http://")
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: cco-monitor\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
+    args = [
+        prometheus,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        "--web.listen-address=127.0.0.1:0",
+    ]
+    with spawn(args, workdir, "prometheus") as proc:
+        # Port 0 is allowed: Prometheus logs the address it bound.
+        match = proc.wait_for_output(r"Listening on.*?address=(127\.0\.0\.1:\d+)", 30)
+        api = f"http://{match.group(1)}/api/v1"
+
+        def answer() -> list[dict[str, Any]] | None:
+            body = get(f"{api}/query", params={"query": "sum(cco_cost_usd_total)"}).json()
+            result: list[dict[str, Any]] = body["data"]["result"]
+            return result or None
+
+        result = wait_until(answer, 30, interval=0.5)
+        assert float(result[0]["value"][1]) > 0
+        active = get(f"{api}/targets").json()["data"]["activeTargets"]
+        assert [target["health"] for target in active] == ["up"], active
