@@ -17,7 +17,7 @@ unattributed growth of the proxy's totals). ``events`` has primary key ``(source
 written with ``INSERT OR IGNORE``: a replayed event can never be stored twice (if one is ignored,
 :class:`CommitResult` counts it and :meth:`Store.check` reports the disagreement).
 
-The engine's counters (``Engine.to_dict()``, ~100 kB once its buckets fill) are not rewritten in
+The engine's counters (``Engine.to_dict()``, ~80 kB once its buckets fill) are not rewritten in
 every batch: that would write gigabytes a day. A batch may carry them (``Batch.engine``); every
 event and unattributed row records the batch it was committed in, and :meth:`Store.load` returns
 the results committed *after* the stored engine state as ``Restored.engine_replay``.
@@ -252,9 +252,27 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Alerts get their budget's tier; other components (budgets) get a state slot."""
+    _run_script(
+        conn,
+        """
+        ALTER TABLE alerts ADD COLUMN tier TEXT;
+
+        -- Other components' state (e.g. which budget thresholds fired), by name.
+        CREATE TABLE component_state (
+            name       TEXT PRIMARY KEY,
+            state      TEXT NOT NULL,
+            batch      INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``, inside the transaction
 #: that also sets ``PRAGMA user_version``. Append only; never edit a released migration.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -281,7 +299,10 @@ class Retention:
 
 @dataclass(frozen=True, slots=True)
 class AlertRecord:
-    """One alert that fired (budget threshold, projection...), kept so it does not fire twice."""
+    """One alert that fired (budget threshold, prediction...), for the alert history.
+
+    :meth:`as_dict`/:meth:`from_dict` use the shape of ``budgets.Alert.to_dict()``.
+    """
 
     kind: str
     message: str
@@ -289,7 +310,32 @@ class AlertRecord:
     period: str | None = None
     threshold: float | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
+    tier: str | None = None
     id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "period": self.period,
+            "tier": self.tier,
+            "threshold": self.threshold,
+            "message": self.message,
+            "at": self.at.isoformat(),
+            "payload": dict(self.payload),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AlertRecord:
+        at = data["at"]
+        return cls(
+            kind=str(data["kind"]),
+            message=str(data["message"]),
+            at=at if isinstance(at, datetime) else datetime.fromisoformat(at),
+            period=data.get("period"),
+            threshold=data.get("threshold"),
+            payload=dict(data.get("payload") or {}),
+            tier=data.get("tier"),
+        )
 
 
 @dataclass
@@ -299,17 +345,24 @@ class Batch:
     ``source_states`` must be each source's reconciler state *after* the last of ``results``
     from that source (the latest one). ``engine`` is ``Engine.to_dict()`` after all of
     ``results``, or ``None`` to leave the stored engine state as it is (the results are then
-    replayed on load).
+    replayed on load). ``component_states`` replace other components' saved state by name.
     """
 
     results: list[Accounting] = field(default_factory=list)
     source_states: dict[str, StateBlob] = field(default_factory=dict)
     engine: StateBlob | None = None
     alerts: list[AlertRecord] = field(default_factory=list)
+    component_states: dict[str, StateBlob] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
-        return not (self.results or self.source_states or self.engine is not None or self.alerts)
+        return not (
+            self.results
+            or self.source_states
+            or self.engine is not None
+            or self.alerts
+            or self.component_states
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +465,7 @@ class Restored:
     alerts: list[AlertRecord]
     first_contact: dict[str, datetime]
     last_batch: int
+    component_states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def restore_engine(self, engine: Engine) -> None:
         """Load counters, replay what was committed after them, and refill the recent ring.
@@ -584,16 +638,23 @@ class _Aggregates:
         values: tuple[float, int, int, int, int],
     ) -> None:
         start = self._start(kind, moment)
-        row = self.rows.setdefault((kind, start, *key), [0.0, 0, 0, 0, 0])
-        for index, value in enumerate(values):
-            row[index] += value
+        row_key = (kind, start, *key)
+        row = self.rows.get(row_key)
+        if row is None:
+            self.rows[row_key] = list(values)
+        else:
+            row[0] += values[0]
+            row[1] += values[1]
+            row[2] += values[2]
+            row[3] += values[3]
+            row[4] += values[4]
 
     def event(self, event: AccountedEvent, observed_at: datetime) -> None:
         moment = min(event.occurred_at, observed_at + MAX_CLOCK_SKEW)
         key = (event.source, event.tier, event.model or "")
         values = (event.cost_usd, event.requests, event.tokens or 0, event.cache_hits, 1)
-        for kind in self.KINDS:
-            self._add(kind, moment, key, values)
+        self._add("hour", moment, key, values)
+        self._add("day", moment, key, values)
 
     def unattributed(self, remainder: Unattributed, observed_at: datetime) -> None:
         """Spread like the engine does: cost over [since, occurred_at], requests at the end."""
@@ -897,7 +958,9 @@ class Store:
     def _write(self, conn: sqlite3.Connection, batch: Batch, batch_id: int) -> tuple[int, int, int]:
         now = self._clock()
         aggregates = _Aggregates(self.zone)
-        inserted = ignored = unattributed = 0
+        unattributed = 0
+        event_rows: list[tuple[Any, ...]] = []
+        counted: list[tuple[AccountedEvent, datetime]] = []
         insert_event = (
             f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) "  # noqa: S608
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -910,8 +973,7 @@ class Store:
                     (f"first_contact:{accounting.source}", observed_iso),
                 )
             for event in accounting.events:
-                cursor = conn.execute(
-                    insert_event,
+                event_rows.append(
                     (
                         event.source,
                         event.key,
@@ -936,13 +998,9 @@ class Store:
                         event.price_version,
                         batch_id,
                         index,
-                    ),
+                    )
                 )
-                if cursor.rowcount == 1:
-                    inserted += 1
-                    aggregates.event(event, accounting.observed_at)
-                else:
-                    ignored += 1
+                counted.append((event, accounting.observed_at))
             remainder = accounting.unattributed
             if remainder is not None:
                 unattributed += 1
@@ -966,6 +1024,17 @@ class Store:
                     ),
                 )
                 aggregates.unattributed(remainder, accounting.observed_at)
+        before = conn.total_changes
+        conn.executemany(insert_event, event_rows)
+        inserted = conn.total_changes - before
+        ignored = len(event_rows) - inserted
+        if ignored:
+            # Rare: some events were stored before. Those stored now carry this batch's id;
+            # only they (once each) go into the aggregates.
+            fresh = set(conn.execute("SELECT source, key FROM events WHERE batch = ?", (batch_id,)))
+            counted = [pair for pair in counted if _take(fresh, (pair[0].source, pair[0].key))]
+        for event, observed_at in counted:
+            aggregates.event(event, observed_at)
         aggregates.write(conn)
         conn.executemany(
             "INSERT INTO source_state (source, state, batch, updated_at) VALUES (?,?,?,?) "
@@ -981,14 +1050,24 @@ class Store:
                 (_dumps(batch.engine), batch_id, now),
             )
         conn.executemany(
-            "INSERT INTO alerts (at, at_iso, kind, period, threshold, message, payload) "
-            "VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO component_state (name, state, batch, updated_at) VALUES (?,?,?,?) "
+            "ON CONFLICT (name) DO UPDATE SET state = excluded.state, batch = excluded.batch, "
+            "updated_at = excluded.updated_at",
+            [
+                (name, _dumps(state), batch_id, now)
+                for name, state in batch.component_states.items()
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO alerts (at, at_iso, kind, period, tier, threshold, message, payload) "
+            "VALUES (?,?,?,?,?,?,?,?)",
             [
                 (
                     alert.at.timestamp(),
                     _iso(alert.at),
                     alert.kind,
                     alert.period,
+                    alert.tier,
                     alert.threshold,
                     alert.message,
                     _dumps(alert.payload),
@@ -1030,6 +1109,10 @@ class Store:
                 source: orjson.loads(state)
                 for source, state in conn.execute("SELECT source, state FROM source_state")
             }
+            components = {
+                name: orjson.loads(state)
+                for name, state in conn.execute("SELECT name, state FROM component_state")
+            }
             rows = conn.execute(
                 f"SELECT {_EVENT_SELECT} FROM events ORDER BY rowid DESC LIMIT ?",  # noqa: S608
                 (recent_events,),
@@ -1053,6 +1136,7 @@ class Store:
             alerts=alert_rows,
             first_contact=first_contact,
             last_batch=int(last[0]) if last else 0,
+            component_states=components,
         )
 
     @staticmethod
@@ -1203,7 +1287,7 @@ class Store:
     def _alerts(conn: sqlite3.Connection, since: datetime | None, limit: int) -> list[AlertRecord]:
         where, params = _time_filter("at", since, None)
         rows = conn.execute(
-            "SELECT id, at_iso, kind, period, threshold, message, payload "  # noqa: S608
+            "SELECT id, at_iso, kind, period, threshold, message, payload, tier "  # noqa: S608
             f"FROM alerts{where} ORDER BY at DESC, id DESC LIMIT ?",
             [*params, limit],
         ).fetchall()
@@ -1215,6 +1299,7 @@ class Store:
                 period=row[3],
                 threshold=row[4],
                 payload=orjson.loads(row[6]),
+                tier=row[7],
                 id=row[0],
             )
             for row in reversed(rows)
@@ -1465,6 +1550,14 @@ class Store:
 
             return sql, params, aggregate, list(AggregateRow.__dataclass_fields__)
         raise ValueError(f"unknown export kind {kind!r}")
+
+
+def _take(items: set[tuple[str, str]], item: tuple[str, str]) -> bool:
+    """Remove ``item`` from ``items``; True if it was there."""
+    if item in items:
+        items.remove(item)
+        return True
+    return False
 
 
 def _csv_value(value: Any) -> Any:

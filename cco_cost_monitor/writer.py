@@ -70,16 +70,17 @@ class _Pending:
     results: list[Accounting] = field(default_factory=list)
     states: dict[str, bytes] = field(default_factory=dict)
     alerts: list[AlertRecord] = field(default_factory=list)
-    since: float | None = None  # monotonic time of the oldest result or alert
+    components: dict[str, bytes] = field(default_factory=dict)
+    since: float | None = None  # monotonic time of the oldest result, alert or component state
     state_since: float | None = None  # monotonic time of the oldest state-only change
 
     @property
     def urgent(self) -> bool:
-        return bool(self.results or self.alerts)
+        return bool(self.results or self.alerts or self.components)
 
     @property
     def empty(self) -> bool:
-        return not (self.results or self.states or self.alerts)
+        return not (self.results or self.states or self.alerts or self.components)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +207,19 @@ class StoreWriter:
         if self._closing:
             raise StoreError("the store writer is closed: nothing more can be saved")
         self._pending.alerts.append(alert)
+        self._mark()
+
+    def submit_state(self, name: str, state: dict[str, Any]) -> None:
+        """Queue another component's state (e.g. ``"budgets"``); the latest one wins.
+
+        Submitted together with an alert (no ``await`` in between), both land in one batch.
+        """
+        if self._closing:
+            raise StoreError("the store writer is closed: nothing more can be saved")
+        self._pending.components[name] = orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS)
+        self._mark()
+
+    def _mark(self) -> None:
         if self._pending.since is None:
             self._pending.since = self._clock()
         self._poke()
@@ -342,6 +356,7 @@ class StoreWriter:
             source_states=dict(part.states),
             engine=engine,
             alerts=part.alerts,
+            component_states=dict(part.components),
         )
         try:
             result = await anyio.to_thread.run_sync(self.store.commit_batch, batch)
@@ -391,6 +406,7 @@ class StoreWriter:
             results=part.results + newer.results,
             states={**part.states, **newer.states},
             alerts=part.alerts + newer.alerts,
+            components={**part.components, **newer.components},
             since=min((t for t in (part.since, newer.since) if t is not None), default=None),
             state_since=min(
                 (t for t in (part.state_since, newer.state_since) if t is not None), default=None

@@ -149,6 +149,29 @@ def test_empty_file_is_migrated_from_version_zero(db_path: Path) -> None:
         assert "created_at" in store.meta()
 
 
+def test_version_1_database_is_migrated_to_the_current_schema(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database from schema 1 keeps its alerts and gains the alert tier and component states."""
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        patch.setattr(store_module, "SCHEMA_VERSION", 1)
+        Store.open(db_path).close()
+    with closing(raw(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        conn.execute(
+            "INSERT INTO alerts (at, at_iso, kind, period, threshold, message, payload) "
+            "VALUES (?, ?, 'threshold', 'daily', 0.5, 'half', '{}')",
+            (T0.timestamp(), T0.isoformat()),
+        )
+    with Store.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        store.commit_batch(Batch(component_states={"budgets": {"fired": [0.5]}}))
+        restored = store.load()
+    assert [(alert.message, alert.tier) for alert in restored.alerts] == [("half", None)]
+    assert restored.component_states == {"budgets": {"fired": [0.5]}}
+
+
 def test_forward_migration_keeps_existing_rows(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,17 +246,26 @@ def test_commit_and_load_round_trip(store: Store, db_path: Path) -> None:
         T0 + timedelta(seconds=5),
         unattributed=gap,
     )
-    alert = AlertRecord(
-        kind="budget",
-        message="daily budget 50% used",
-        at=T0,
-        period="today",
-        threshold=0.5,
-        payload={"spent_usd": 5.0},
-    )
+    fired = {
+        "kind": "threshold",
+        "period": "daily",
+        "tier": "opus",
+        "threshold": 0.5,
+        "message": "daily opus budget 50% used",
+        "at": T0.isoformat(),
+        "payload": {"spent_usd": 5.0},
+    }
+    alert = AlertRecord.from_dict(fired)
     state = {"attributed_cost": 0.01, "seen": ["key-1", "key-2"], "pending": {"r": ["m", None]}}
+    budgets = {"tracks": [["daily", None, {"fired": [0.5]}]]}
     result = store.commit_batch(
-        Batch([first, second], {"default": state}, {"version": 1, "x": [1, 2]}, [alert])
+        Batch(
+            [first, second],
+            {"default": state},
+            {"version": 1, "x": [1, 2]},
+            [alert],
+            {"budgets": budgets},
+        )
     )
     assert (result.batch, result.events_inserted, result.unattributed) == (1, 2, 1)
 
@@ -245,10 +277,9 @@ def test_commit_and_load_round_trip(store: Store, db_path: Path) -> None:
     assert restored.events == [*second.events]
     assert restored.first_contact == {"default": first.observed_at}
     assert restored.last_batch == 1
-    assert len(restored.alerts) == 1
-    loaded = restored.alerts[0]
-    assert (loaded.kind, loaded.period, loaded.threshold, loaded.at) == ("budget", "today", 0.5, T0)
-    assert loaded.payload == {"spent_usd": 5.0}
+    assert restored.component_states == {"budgets": budgets}
+    assert [item.as_dict() for item in restored.alerts] == [fired]
+    assert restored.alerts[0].id is not None
     assert [row.remainder for row in fresh_unattributed(db_path)] == [gap]
 
 
@@ -272,10 +303,12 @@ def test_replayed_event_is_stored_once(store: Store) -> None:
     again = store.commit_batch(Batch([make_accounting([event, make_event(2)])]))
     assert (first.events_inserted, first.events_ignored) == (1, 0)
     assert (again.events_inserted, again.events_ignored) == (1, 1)
-    assert len(store.events()) == 2
+    twice = store.commit_batch(Batch([make_accounting([make_event(3)] * 2)]))
+    assert (twice.events_inserted, twice.events_ignored) == (1, 1)
+    assert len(store.events()) == 3
     (hour,) = store.hourly_rows()
-    assert (hour.requests, hour.events) == (2, 2)
-    assert hour.cost_usd == pytest.approx(0.02)
+    assert (hour.requests, hour.events) == (3, 3)
+    assert hour.cost_usd == pytest.approx(0.03)
 
 
 def test_failed_batch_writes_nothing(store: Store) -> None:
@@ -583,6 +616,15 @@ def test_unusable_paths_raise_store_error(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreError, match="is a directory"):
         Store.open(tmp_path / "dir.db")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_directory_nobody_can_write_raises_store_error() -> None:
+    """Even root cannot create files in /proc: the error names the database and the cause."""
+    with pytest.raises(StoreError, match=r"cannot create database /proc/monitor\.db: "):
+        Store.open("/proc/monitor.db")
+    with pytest.raises(StoreError, match="cannot create the directory of database"):
+        Store.open("/proc/cco-monitor-test/monitor.db")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")

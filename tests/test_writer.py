@@ -141,8 +141,9 @@ async def test_aclose_flushes_everything_to_disk(tmp_path: Path) -> None:
         async with running(writer):
             for index in range(50):
                 writer.submit(result(index), {"n": index}, lambda: {"engine": "final"})
-            alert = AlertRecord("budget", "50% of today's budget", T0, "today", 0.5)
+            alert = AlertRecord("threshold", "50% of today's budget", T0, "daily", 0.5)
             writer.submit_alert(alert)
+            writer.submit_state("budgets", {"fired": [0.5]})
             assert writer.commits == 0
     with Store.open(path) as fresh:
         restored = fresh.load()
@@ -150,6 +151,7 @@ async def test_aclose_flushes_everything_to_disk(tmp_path: Path) -> None:
     assert restored.source_states == {"default": {"n": 49}}
     assert restored.engine == {"engine": "final"}
     assert [item.message for item in restored.alerts] == ["50% of today's budget"]
+    assert restored.component_states == {"budgets": {"fired": [0.5]}}
 
 
 async def test_commits_within_max_delay() -> None:
