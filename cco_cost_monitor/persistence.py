@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from cco_cost_monitor.budgets import Alert
+from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.store import Store
 from cco_cost_monitor.writer import StoreWriter
@@ -42,6 +44,14 @@ async def attach(service: Service) -> None:
         state = restored.source_states.get(spec.name)
         if state is not None:
             service.restore_source(spec, state)
+    from cco_cost_monitor.server import BUDGET_STATE  # noqa: PLC0415  (server imports us)
+
+    tracker_state = restored.component_states.get(BUDGET_STATE)
+    if tracker_state is not None:
+        service.tracker.load_dict(tracker_state)
+    service.dispatcher.restore_history(
+        [Alert.from_dict(record.as_dict()) for record in reversed(restored.alerts)]
+    )
     service.store = store
     service.writer = StoreWriter(store)
     log.info(
@@ -58,6 +68,9 @@ async def detach(service: Service) -> None:
     try:
         if writer is not None and not writer.closed:
             await writer.aclose()
+    except StoreError as exc:
+        # The unsaved tail is not lost: the proxy's totals account for it at the next start.
+        log.error("could not save the last results before exiting", error=str(exc))
     finally:
         if store is not None:
             store.close()

@@ -34,12 +34,15 @@ from cco_cost_monitor.pricing import PriceTable
 from cco_cost_monitor.projections import project
 from cco_cost_monitor.reconciler import Accounting, Reconciler
 from cco_cost_monitor.source import SseSource
-from cco_cost_monitor.store import Store
+from cco_cost_monitor.store import AlertRecord, Store
 from cco_cost_monitor.summary import SourceView, build_health, build_summary
 from cco_cost_monitor.wire import Frame
 from cco_cost_monitor.writer import StoreWriter
 
-__all__ = ["Service", "run_service"]
+__all__ = ["BUDGET_STATE", "Service", "run_service"]
+
+# Name of the alert tracker's state in the store's component_state table.
+BUDGET_STATE = "budgets"
 
 log = get_logger("cco_cost_monitor.server")
 Clock = Callable[[], datetime]
@@ -115,11 +118,12 @@ class Service:
         """Account one frame: reconcile, aggregate, hand to the store writer."""
         reconciler = self.reconcilers[spec.name]
         accounting = reconciler.apply(frame, observed_at)
-        if accounting.is_empty and accounting.proxy_error is None:
-            return
-        self._log_accounting(accounting)
-        self.engine.record(accounting)
+        if not accounting.is_empty or accounting.proxy_error is not None:
+            self._log_accounting(accounting)
+            self.engine.record(accounting)
         if self.writer is not None:
+            # Empty results too: a gateway `started` only changes the reconciler's state, and
+            # the writer saves state-only changes lazily.
             self.writer.submit(accounting, reconciler.snapshot_state(), self.engine.to_dict)
 
     def _log_accounting(self, accounting: Accounting) -> None:
@@ -192,8 +196,14 @@ class Service:
         self.budgets = evaluate(
             self.settings.budgets, self.engine, self.projections, now, billing_day=billing_day
         )
-        for alert in self.tracker.update(self.budgets, now):
+        fired = self.tracker.update(self.budgets, now)
+        for alert in fired:
             self.dispatcher.submit(alert)
+            if self.writer is not None:
+                self.writer.submit_alert(AlertRecord.from_dict(alert.to_dict()))
+        if fired and self.writer is not None:
+            # Same batch as the alerts: after a restart no threshold fires a second time.
+            self.writer.submit_state(BUDGET_STATE, self.tracker.to_dict())
 
     async def evaluate_loop(self) -> None:
         """Projections, budgets and alerts every few seconds, not on every request."""

@@ -265,3 +265,39 @@ def test_sigterm_puts_everything_accounted_on_disk(
         assert after["events"] == before["events"]
     finally:
         second.stop()
+
+
+def test_budget_alerts_fire_once_and_survive_a_restart(
+    make_simulator: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    """Threshold alerts fire once per period, and a restarted daemon neither forgets nor repeats."""
+    sim = make_simulator("--interval", "0.1", "--rate", "30", "--seed", "9")
+    state = tmp_path / "state"
+    env = {"CCO_MONITOR_BUDGETS__DAILY_USD": "0.5"}
+    first = Monitor(state, [sim.stream_url], **env).start()
+    try:
+        alerts = wait_until(
+            lambda: (
+                [a for a in first.get("/api/alerts")["alerts"] if a["kind"] == "threshold"]
+                if any(a["threshold"] == 1.0 for a in first.get("/api/alerts")["alerts"])
+                else None
+            ),
+            timeout=30,
+        )
+        assert first.proc is not None
+        first.proc.signal(signal.SIGTERM)
+        assert first.proc.wait(10) == 0
+    finally:
+        first.stop()
+    thresholds = sorted(a["threshold"] for a in alerts)
+    assert len(thresholds) == len(set(thresholds))
+    second = Monitor(state, [sim.stream_url], **env).start()
+    try:
+        wait_until(lambda: second.summary()["totals"]["requests"] > 0)
+        time.sleep(2.0)  # several evaluation rounds with spend still above every threshold
+        after = [a for a in second.get("/api/alerts")["alerts"] if a["kind"] == "threshold"]
+        assert sorted(a["threshold"] for a in after) == thresholds
+        budgets = second.summary()["budgets"]
+        assert budgets[0]["state"] == "exceeded"
+    finally:
+        second.stop()
