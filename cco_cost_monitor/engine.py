@@ -143,49 +143,87 @@ class Engine:
         """Add one :class:`Accounting` (events and unattributed remainder)."""
         if self.first_observation is None or accounting.observed_at < self.first_observation:
             self.first_observation = accounting.observed_at
-        for event in accounting.events:
-            self.record_event(event, accounting.observed_at)
+        if accounting.events:
+            self._record_events(accounting.events, accounting.observed_at)
         if accounting.unattributed is not None:
             self.record_unattributed(accounting.unattributed, accounting.observed_at)
 
     def record_event(self, event: AccountedEvent, observed_at: datetime) -> None:
-        totals = self.sources.setdefault(event.source, SourceTotals())
-        totals.cost_usd += event.cost_usd
-        totals.requests += event.requests
-        totals.cache_hits += event.cache_hits
-        totals.events += 1
-        if event.event_type == "model_override":
-            totals.model_overrides += 1
-        if event.requests:
-            type_key = (event.tier, event.event_type)
-            totals.requests_by_type[type_key] = (
-                totals.requests_by_type.get(type_key, 0) + event.requests
-            )
-        aggregate = self._aggregate(event.source, event.tier, event.model or "(none)")
-        aggregate.cost_usd += event.cost_usd
-        aggregate.requests += event.requests
-        aggregate.cache_hits += event.cache_hits
-        aggregate.events += 1
-        aggregate.overrides += 1 if event.event_type == "model_override" else 0
-        aggregate.tokens += event.tokens or 0
-        aggregate.recorded_cost_usd += event.recorded_cost_usd or 0.0
-        aggregate.calculated_cost_usd += event.calculated_cost_usd or 0.0
-        if event.requests and not event.priced:
-            aggregate.unpriced_requests += event.requests
-            name = event.model or "(none)"
-            if name in self.unpriced_models or len(self.unpriced_models) < MAX_MODELS:
-                self.unpriced_models[name] = self.unpriced_models.get(name, 0) + event.requests
-        self.recent.append(event)
-        moment = min(event.occurred_at, observed_at + MAX_CLOCK_SKEW)
-        previous = self.last_event_at.get(event.source)
-        if previous is None or moment > previous:
-            self.last_event_at[event.source] = moment
-        if event.cost_usd or event.requests:
-            for table, start in zip(self.buckets.values(), self._starts(moment), strict=True):
+        """Add one accounted event (tests and restores; ingestion goes through record)."""
+        self._record_events((event,), observed_at)
+
+    def _record_events(self, events: Iterable[AccountedEvent], observed_at: datetime) -> None:
+        # The ingestion hot path: locals and inlined look-ups on purpose.
+        latest_allowed = observed_at + MAX_CLOCK_SKEW
+        models = self.models
+        grouped: dict[tuple[float, str], list[float]] = {}
+        minute_table, hour_table, day_table = (
+            self.buckets["minute"],
+            self.buckets["hour"],
+            self.buckets["day"],
+        )
+        for event in events:
+            source = event.source
+            totals = self.sources.get(source)
+            if totals is None:
+                totals = self.sources[source] = SourceTotals()
+            cost = event.cost_usd
+            requests = event.requests
+            tier = event.tier
+            is_override = event.event_type == "model_override"
+            totals.cost_usd += cost
+            totals.requests += requests
+            totals.cache_hits += event.cache_hits
+            totals.events += 1
+            if is_override:
+                totals.model_overrides += 1
+            if requests:
+                type_key = (tier, event.event_type)
+                by_type = totals.requests_by_type
+                by_type[type_key] = by_type.get(type_key, 0) + requests
+            model = event.model or "(none)"
+            aggregate = models.get((source, tier, model))
+            if aggregate is None:
+                aggregate = self._aggregate(source, tier, model)
+            aggregate.cost_usd += cost
+            aggregate.requests += requests
+            aggregate.cache_hits += event.cache_hits
+            aggregate.events += 1
+            if is_override:
+                aggregate.overrides += 1
+            if event.tokens:
+                aggregate.tokens += event.tokens
+            if event.recorded_cost_usd:
+                aggregate.recorded_cost_usd += event.recorded_cost_usd
+            if event.calculated_cost_usd:
+                aggregate.calculated_cost_usd += event.calculated_cost_usd
+            if requests and not event.priced:
+                aggregate.unpriced_requests += requests
+                if model in self.unpriced_models or len(self.unpriced_models) < MAX_MODELS:
+                    self.unpriced_models[model] = self.unpriced_models.get(model, 0) + requests
+            self.recent.append(event)
+            moment = event.occurred_at
+            moment = min(moment, latest_allowed)
+            previous = self.last_event_at.get(source)
+            if previous is None or moment > previous:
+                self.last_event_at[source] = moment
+            if cost or requests:
+                # Events of one snapshot mostly share a minute: sum per minute and tier
+                # first, touch the three bucket tables once per group.
+                group = (moment.timestamp() // 60 * 60, tier)
+                sums = grouped.get(group)
+                if sums is None:
+                    grouped[group] = [cost, requests]
+                else:
+                    sums[0] += cost
+                    sums[1] += requests
+        for (minute_at, group_tier), (group_cost, group_requests) in grouped.items():
+            minute, hour, day = self._starts_of_minute(minute_at)
+            for table, start in ((minute_table, minute), (hour_table, hour), (day_table, day)):
                 bucket = table.get(start)
                 if bucket is None:
                     bucket = table[start] = Bucket()
-                bucket.add(event.tier, event.cost_usd, event.requests)
+                bucket.add(group_tier, group_cost, int(group_requests))
 
     def record_unattributed(self, remainder: Unattributed, observed_at: datetime) -> None:
         totals = self.sources.setdefault(remainder.source, SourceTotals())
@@ -234,7 +272,9 @@ class Engine:
         Every zone's offset is a whole number of minutes, so the local minute starts with
         the UTC minute and the three starts depend only on it.
         """
-        minute = float(int(moment.timestamp() // 60) * 60)
+        return self._starts_of_minute(moment.timestamp() // 60 * 60)
+
+    def _starts_of_minute(self, minute: float) -> tuple[float, float, float]:
         starts = self._start_cache.get(minute)
         if starts is None:
             if len(self._start_cache) > 4096:

@@ -419,6 +419,19 @@ class PriceTable:
         counts = (input_tokens, tokens - input_tokens, 0, 0, 0)
         return self._cost(model, counts, estimated_split=True)
 
+    def combined_usd(self, model: str | None, tokens: int) -> float | None:
+        """``cost_combined(model, tokens).usd`` without building the estimate (hot path)."""
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens!r}")
+        found = self.match(model)
+        if found is None:
+            return None
+        input_tokens = math.floor(tokens * ASSUMED_INPUT_SHARE)
+        row = found.price
+        if found.long_context is not None and input_tokens > LONG_CONTEXT_THRESHOLD:
+            row = found.long_context
+        return (input_tokens * row.input + (tokens - input_tokens) * row.output) / 1_000_000
+
     def _cost(
         self, model: str | None, counts: tuple[int, int, int, int, int], *, estimated_split: bool
     ) -> CostEstimate | None:

@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any, Literal
 
 from cco_cost_monitor.pricing import PriceTable, Tier, tier_of
@@ -113,11 +114,14 @@ class BoundedKeySet:
         """The ``count`` most recently added keys, oldest first."""
         if count >= len(self._keys):
             return list(self._keys)
-        keys = list(self._keys)
-        return keys[-count:]
+        newest_first = list(islice(reversed(self._keys), count))
+        newest_first.reverse()
+        return newest_first
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: frozen dataclasses set every field through object.__setattr__, which made
+# construction a visible share of ingestion. Treat instances as immutable all the same.
+@dataclass(slots=True)
 class AccountedEvent:
     """One fact counted exactly once: an event, or an old-format per-model delta."""
 
@@ -459,9 +463,8 @@ class Reconciler:
         calculated: float | None = None
         priced = True
         if event.event_type == "api_call" and event.tokens is not None:
-            estimate = self.prices.cost_combined(event.model, event.tokens)
-            priced = estimate is not None
-            calculated = estimate.usd if estimate else None
+            calculated = self.prices.combined_usd(event.model, event.tokens)
+            priced = calculated is not None
         elif event.event_type == "api_call":
             priced = self.prices.match(event.model) is not None
         elif event.event_type == "cache_hit":

@@ -124,7 +124,7 @@ class Service:
         if self.writer is not None:
             # Empty results too: a gateway `started` only changes the reconciler's state, and
             # the writer saves state-only changes lazily.
-            self.writer.submit(accounting, reconciler.snapshot_state(), self.engine.to_dict)
+            self.writer.submit(accounting, reconciler.snapshot_state, self.engine.to_dict)
 
     def _log_accounting(self, accounting: Accounting) -> None:
         if accounting.first_contact:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Literal, cast
 
 import anyio
+import anyio.lowlevel
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
@@ -35,6 +36,7 @@ __all__ = ["Backoff", "ConnectionState", "LineLimiter", "SseSource"]
 Status = Literal["connecting", "connected", "disconnected", "error"]
 FrameHandler = Callable[[SourceSpec, Frame, datetime], None]
 _NEWLINE = re.compile(r"[\r\n]")
+LOOP_SLICE_SECONDS = 0.005
 log = get_logger("cco_cost_monitor.source")
 
 
@@ -247,10 +249,16 @@ class SseSource:
                 state.move("connected", None)
                 self.log.info("connected", url=self.spec.url)
                 healthy_since = time.monotonic()
+                yielded_at = time.monotonic()
                 async for sse in source.aiter_sse():
                     self._handle(sse)
                     if self.throttle is not None:
                         await self.throttle()
+                    # httpx-sse yields every event of a chunk without an await: on a busy
+                    # stream, give /health and the other tasks a turn every few ms.
+                    if time.monotonic() - yielded_at > LOOP_SLICE_SECONDS:
+                        await anyio.lowlevel.checkpoint()
+                        yielded_at = time.monotonic()
                     if (
                         healthy_since is not None
                         and time.monotonic() - healthy_since >= self.settings.healthy_after_seconds

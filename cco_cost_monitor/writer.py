@@ -69,6 +69,8 @@ class _Pending:
 
     results: list[Accounting] = field(default_factory=list)
     states: dict[str, bytes] = field(default_factory=dict)
+    # Per source, how to take its state when the batch is cut (encoded only then).
+    state_factories: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     alerts: list[AlertRecord] = field(default_factory=list)
     components: dict[str, bytes] = field(default_factory=dict)
     since: float | None = None  # monotonic time of the oldest result, alert or component state
@@ -80,7 +82,9 @@ class _Pending:
 
     @property
     def empty(self) -> bool:
-        return not (self.results or self.states or self.alerts or self.components)
+        return not (
+            self.results or self.states or self.state_factories or self.alerts or self.components
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +125,8 @@ class StoreWriter:
         store: Store,
         *,
         max_delay: float = 0.2,
-        max_batch: int = 2000,
-        max_pending: int = 100_000,
+        max_batch: int = 500,
+        max_pending: int = 2500,
         engine_interval: float = 30.0,
         state_interval: float = 60.0,
         prune_interval: float | None = 3600.0,
@@ -178,21 +182,28 @@ class StoreWriter:
     def submit(
         self,
         accounting: Accounting,
-        source_state: dict[str, Any],
+        source_state: dict[str, Any] | Callable[[], dict[str, Any]],
         engine_state_factory: EngineStateFactory,
     ) -> None:
         """Queue ``accounting`` with its source's state after it; returns at once.
 
-        ``source_state`` is encoded now; ``engine_state_factory`` is called (on the event
-        loop) when a batch is cut, so it must return the engine's state at that moment.
+        ``source_state`` is a dict (encoded now) or, on the hot path, a callable taken
+        and encoded when the batch is cut: per frame, encoding a reconciler state costs
+        more than accounting the frame. Like ``engine_state_factory``, it is called on the
+        event loop in the same step as the cut, so it matches exactly the results before it.
         """
         if self._closing:
             raise StoreError("the store writer is closed: nothing more can be saved")
         pending = self._pending
         now = self._clock()
-        pending.states[accounting.source] = orjson.dumps(
-            source_state, option=orjson.OPT_NON_STR_KEYS
-        )
+        if callable(source_state):
+            pending.state_factories[accounting.source] = source_state
+            pending.states.pop(accounting.source, None)
+        else:
+            pending.states[accounting.source] = orjson.dumps(
+                source_state, option=orjson.OPT_NON_STR_KEYS
+            )
+            pending.state_factories.pop(accounting.source, None)
         self._factory = engine_state_factory
         if not accounting.is_empty or accounting.proxy_restart:
             pending.results.append(accounting)
@@ -348,6 +359,9 @@ class StoreWriter:
                 engine = orjson.dumps(self._factory(), option=orjson.OPT_NON_STR_KEYS)
             except Exception as exc:  # a bug; the results are replayed on load instead
                 log.error("engine state could not be taken", error=str(exc)[:500])
+        for source, take_state in part.state_factories.items():
+            part.states[source] = orjson.dumps(take_state(), option=orjson.OPT_NON_STR_KEYS)
+        part.state_factories = {}
         if part.empty and engine is None:
             self._inflight = None
             return True

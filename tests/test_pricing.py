@@ -830,3 +830,17 @@ def test_entries_are_for_display() -> None:
         "tier:haiku",
     ]
     assert repr(TABLE).startswith("<PriceTable builtin-2025-11")
+
+
+@given(
+    st.sampled_from(
+        ["claude-sonnet-4", "claude-opus-4-1-20250805", "claude-3-5-haiku", "gpt-4", None]
+    ),
+    st.integers(0, 2_000_000),
+)
+def test_combined_usd_is_cost_combined_exactly(model: str | None, tokens: int) -> None:
+    """The hot-path combined_usd gives bit for bit the usd of cost_combined."""
+    table = PriceTable.default()
+    estimate = table.cost_combined(model, tokens)
+    fast = table.combined_usd(model, tokens)
+    assert fast == (estimate.usd if estimate is not None else None)
