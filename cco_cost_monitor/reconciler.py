@@ -18,8 +18,8 @@ Rules (see docs/accounting.md for the worked reasoning):
 - **Gap**: the growth of ``calls``/``cost`` beyond the new request events (``api_call``,
   ``cache_hit``) is unattributed spend (bursts beyond the window, events that scrolled
   out while disconnected). It is never dropped and never counted twice.
-- **Proxy restart**: ``machine.uptime`` or a total going down, or the proxy's start time
-  (``last_updated - uptime``) moving. The ring restarts empty, so every event in the
+- **Proxy restart**: ``machine.uptime`` or a total going down, or a window that is not
+  full and lacks the previous window's newest event. The ring restarts empty, so every event in the
   first window after a restart is new; the reloaded total is ``total - new events``.
   When that window is full, more post-restart events may have scrolled out: the
   reloaded total is then taken as at most the last total seen before the restart and
@@ -36,7 +36,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Literal
 
@@ -68,9 +68,6 @@ __all__ = [
 
 REQUEST_EVENT_TYPES = frozenset({"api_call", "cache_hit"})
 PROXY_WINDOW = 20
-# How far the proxy's derived start time may wander (uptime is whole seconds, clocks drift)
-# before we call it a restart.
-START_TIME_TOLERANCE = timedelta(seconds=10)
 COST_EPSILON = 1e-9
 PERSISTED_KEYS = 512
 
@@ -228,7 +225,6 @@ class SourceState:
     last_cost: float | None = None
     last_calls: int | None = None
     last_uptime: int | None = None
-    last_started_at: str | None = None
     last_snapshot_at: str | None = None
     # Key of the newest event of the previous window: a window that is not full and
     # lacks it can only come from a restarted proxy (its ring restarts empty).
@@ -305,7 +301,7 @@ class Reconciler:
 
     # -- current format --------------------------------------------------------------
 
-    def _restarted(self, snap: Snapshot, started_at: datetime | None, keys: list[str]) -> bool:
+    def _restarted(self, snap: Snapshot, keys: list[str]) -> bool:
         state = self.state
         if (
             state.last_window_tail is not None
@@ -324,9 +320,6 @@ class Reconciler:
             and cost < state.last_cost - COST_EPSILON
         ):
             return True
-        if started_at is not None and state.last_started_at is not None:
-            previous = datetime.fromisoformat(state.last_started_at)
-            return abs(started_at - previous) > START_TIME_TOLERANCE
         return False
 
     def _apply_snapshot(self, snap: Snapshot, observed_at: datetime) -> Accounting:
@@ -335,11 +328,6 @@ class Reconciler:
         cost = None if snap.project.cost is None else float(snap.project.cost)
         uptime = snap.machine.uptime
         snapshot_at = parse_timestamp(snap.project.last_updated)
-        started_at = (
-            snapshot_at - timedelta(seconds=uptime)
-            if snapshot_at is not None and uptime is not None
-            else None
-        )
         keys = [digest(event_key(event)) for event in snap.activity]
 
         if not state.baseline_set:
@@ -349,10 +337,10 @@ class Reconciler:
             state.baseline_cost = cost or 0.0
             state.baseline_calls = calls or 0
             state.last_window_tail = keys[-1] if keys else None
-            self._remember_totals(cost, calls, uptime, started_at, snapshot_at, observed_at)
+            self._remember_totals(cost, calls, uptime, snapshot_at, observed_at)
             return Accounting(self.source, observed_at, first_contact=True)
 
-        restart = self._restarted(snap, started_at, keys)
+        restart = self._restarted(snap, keys)
         new_pairs = [
             (key, event)
             for key, event in zip(keys, snap.activity, strict=True)
@@ -411,7 +399,7 @@ class Reconciler:
                 None if restart or previous is None else datetime.fromisoformat(previous),
             )
         state.last_window_tail = keys[-1] if keys else None
-        self._remember_totals(cost, calls, uptime, started_at, snapshot_at, observed_at)
+        self._remember_totals(cost, calls, uptime, snapshot_at, observed_at)
         accounting = Accounting(
             self.source,
             observed_at,
@@ -427,7 +415,6 @@ class Reconciler:
         cost: float | None,
         calls: int | None,
         uptime: int | None,
-        started_at: datetime | None,
         snapshot_at: datetime | None,
         observed_at: datetime,
     ) -> None:
@@ -439,8 +426,6 @@ class Reconciler:
             state.last_calls = calls
         if uptime is not None:
             state.last_uptime = uptime
-        if started_at is not None:
-            state.last_started_at = started_at.isoformat()
         state.last_snapshot_at = (snapshot_at or observed_at).isoformat()
 
     def _count(self, accounting: Accounting) -> None:

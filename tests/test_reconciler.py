@@ -210,8 +210,8 @@ def test_proxy_restart_does_not_count_reloaded_totals() -> None:
     assert reconciler.state.attributed_requests == 3
 
 
-def test_restart_detected_from_start_time_while_disconnected() -> None:
-    """A restart whose new uptime exceeds the old one is caught by the moved start time."""
+def test_restart_while_disconnected_is_caught_by_the_window() -> None:
+    """A restart whose new uptime exceeds the old one is caught by the missing window tail."""
     proxy = ProxyModel()
     reconciler = Reconciler("p", PRICES)
     feed(reconciler, proxy)

@@ -75,6 +75,25 @@ def test_active_fixture_gives_the_expected_accounting() -> None:
     assert third.events[0].cost_basis == "recorded"
 
 
+def test_idle_then_active_fixture_is_one_proxy_run_not_a_restart() -> None:
+    """last_updated - uptime moves 14.6 s between these two snapshots of one proxy run:
+    that is no restart, and growth without visible events is unattributed, never dropped."""
+    reconciler = Reconciler("p", PriceTable.default())
+    (idle,) = [parse_frame(name, data) for name, data in sse_events("analytics_idle.sse")]
+    active = [parse_frame(name, data) for name, data in sse_events("analytics_active.sse")][0]
+    assert isinstance(active, Snapshot)
+    assert reconciler.apply(idle, NOW).first_contact
+    grown = active.model_copy(
+        update={"project": active.project.model_copy(update={"calls": 5, "cost": 0.5})}
+    )
+    accounting = reconciler.apply(grown, NOW)
+    assert not accounting.proxy_restart
+    assert accounting.requests == 5
+    assert accounting.cost_usd == pytest.approx(0.5)
+    assert accounting.unattributed is not None
+    assert accounting.unattributed.requests == 3
+
+
 def test_idle_fixture_has_an_empty_window() -> None:
     """An idle proxy sends totals of zero and no activity."""
     (frame,) = [parse_frame(name, data) for name, data in sse_events("analytics_idle.sse")]
