@@ -274,6 +274,11 @@ def _run_daemon(handshake_fd: int, service: Service) -> NoReturn:  # pragma: no 
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
             handshake.send(f"fail the service exited with status {code} before it became ready")
+        except MonitorError as exc:
+            # Our own errors say what is wrong; a traceback would only add noise.
+            handshake.send(f"fail {_describe(exc)}")
+            _log.error("cco-monitor could not start: %s", exc)
+            code = EXIT_FAILURE
         except BaseException as exc:
             handshake.send(f"fail {_describe(exc)}")
             _log.error("cco-monitor service failed", exc_info=exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import structlog
+import structlog.tracebacks
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -61,7 +62,12 @@ def configure_logging(
     renderer: Any
     if json_output:
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.dict_tracebacks)
+        # dict_tracebacks would include every frame's locals (flags, tokens): never.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
     else:
         renderer = structlog.dev.ConsoleRenderer(
             colors=bool(getattr(output, "isatty", lambda: False)()),

@@ -314,13 +314,11 @@ class Reconciler:
             return True
         if calls is not None and state.last_calls is not None and calls < state.last_calls:
             return True
-        if (
+        return (
             cost is not None
             and state.last_cost is not None
-            and cost < state.last_cost - COST_EPSILON
-        ):
-            return True
-        return False
+            and (cost < state.last_cost - COST_EPSILON)
+        )
 
     def _apply_snapshot(self, snap: Snapshot, observed_at: datetime) -> Accounting:
         state = self.state

@@ -7,6 +7,7 @@ line, a response body or ``cco-monitor config``.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,47 @@ def test_secrets_never_leak(tmp_path: Path) -> None:
         assert "health_token" in output
         for secret in secrets:
             assert secret not in output, (extra, secret)
+
+
+def test_failure_tracebacks_carry_no_secrets(tmp_path: Path) -> None:
+    """A background start that fails (port taken) logs no token, not even in a traceback."""
+    import socket
+
+    state = tmp_path / "bg"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cco_cost_monitor",
+                "start",
+                "--state-dir",
+                str(state),
+                "--health-port",
+                str(port),
+                "--source",
+                "http://127.0.0.1:1/api/stream",
+                "--source-token",
+                SOURCE_SECRET,
+                "--health-token",
+                HEALTH_SECRET,
+                "--log-level",
+                "debug",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+        )
+    assert result.returncode == 1, result.stderr
+    assert "already in use" in result.stderr
+    text = result.stdout + result.stderr
+    log_file = state / "monitor.log"
+    if log_file.exists():
+        text += log_file.read_text()
+    for secret in (SOURCE_SECRET, HEALTH_SECRET):
+        assert secret not in text

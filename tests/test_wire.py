@@ -80,7 +80,7 @@ def test_idle_then_active_fixture_is_one_proxy_run_not_a_restart() -> None:
     that is no restart, and growth without visible events is unattributed, never dropped."""
     reconciler = Reconciler("p", PriceTable.default())
     (idle,) = [parse_frame(name, data) for name, data in sse_events("analytics_idle.sse")]
-    active = [parse_frame(name, data) for name, data in sse_events("analytics_active.sse")][0]
+    active = next(parse_frame(name, data) for name, data in sse_events("analytics_active.sse"))
     assert isinstance(active, Snapshot)
     assert reconciler.apply(idle, NOW).first_contact
     grown = active.model_copy(
