@@ -416,9 +416,14 @@ class StoreWriter:
     def _give_back(self, part: _Pending) -> None:
         """Put a failed batch back in front of what arrived meanwhile (newer states win)."""
         newer = self._pending
+        states = {**part.states, **newer.states}
+        for source in newer.state_factories:
+            # A newer live state supersedes the failed batch's encoded one.
+            states.pop(source, None)
         merged = _Pending(
             results=part.results + newer.results,
-            states={**part.states, **newer.states},
+            states=states,
+            state_factories=dict(newer.state_factories),
             alerts=part.alerts + newer.alerts,
             components={**part.components, **newer.components},
             since=min((t for t in (part.since, newer.since) if t is not None), default=None),

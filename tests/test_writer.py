@@ -191,6 +191,21 @@ async def test_failed_commits_are_retried_without_losing_anything() -> None:
     assert orjson.loads(cast(bytes, stub.batches[0].source_states["default"])) == {"n": 2}
 
 
+async def test_a_live_state_submitted_during_a_failed_commit_is_the_one_saved() -> None:
+    """A state factory submitted while a commit fails survives the merge and wins."""
+    stub = StubStore(fail=2)
+    writer = make_writer(stub, max_delay=0.01, retry_initial=0.02)
+    live = {"n": 1}
+    async with running(writer):
+        writer.submit(result(1), lambda: dict(live), empty_engine)
+        await wait_for(lambda: writer.failures >= 1)
+        live["n"] = 2
+        writer.submit(result(2), lambda: dict(live), empty_engine)
+        await wait_for(lambda: writer.commits == 1)
+    assert orjson.loads(cast(bytes, stub.batches[0].source_states["default"])) == {"n": 2}
+    assert [item.events[0].key for item in stub.results] == ["key-1", "key-2"]
+
+
 async def test_aclose_gives_up_after_retry_for_with_a_clear_error() -> None:
     """If the disk stays broken, aclose() raises StoreError after retry_for instead of hanging."""
     stub = StubStore(fail=10_000)
