@@ -19,9 +19,7 @@ from cco_cost_monitor.engine import BucketKind
 __all__ = ["ServiceView", "make_app"]
 
 MAX_EVENTS = 1000
-# Bounds on what a client may send us (nothing here takes a body).
-MAX_REQUEST_LINE = 4096
-MAX_HEADER_SIZE = 8190
+# Nothing here takes a body.
 MAX_BODY = 1024
 
 
@@ -89,7 +87,7 @@ def make_app(service: ServiceView) -> web.Application:
             raise web.HTTPBadRequest(text="bucket must be minute, hour or day\n")
         try:
             since = _parse_since(request.query.get("since"), datetime.now(UTC))
-        except ValueError:
+        except (ValueError, OverflowError, OSError):
             raise web.HTTPBadRequest(
                 text="since must be RFC 3339, epoch seconds or like 30m/6h/7d\n"
             ) from None

@@ -208,8 +208,11 @@ class Service:
     async def evaluate_loop(self) -> None:
         """Projections, budgets and alerts every few seconds, not on every request."""
         while True:
-            self.evaluate_budgets()
-            self.engine.prune(self.clock())
+            try:
+                self.evaluate_budgets()
+                self.engine.prune(self.clock())
+            except Exception as exc:
+                log.error("projections or budgets could not be evaluated", exc_info=exc)
             await anyio.sleep(max(1.0, min(self.settings.snapshot_interval_seconds, 5.0)))
 
     def alerts(self, limit: int) -> list[dict[str, Any]]:

@@ -228,7 +228,7 @@ class SseSource:
             async with client.stream("GET", self.spec.url, headers=self._headers()) as response:
                 state.last_http_status = response.status_code
                 if response.status_code != 200:
-                    body = (await response.aread())[:200].decode("utf-8", "replace")
+                    body = (await _read_at_most(response, 200)).decode("utf-8", "replace")
                     state.auth_rejected = response.status_code in (401, 403)
                     state.move("error", f"HTTP {response.status_code}: {body.strip()}")
                     self.log.warning("source answered with an error", status=response.status_code)
@@ -303,7 +303,29 @@ class SseSource:
         if sse.event in ("analytics", "message", ""):
             state.snapshots += 1
             state.last_snapshot_at = now
-        self.on_frame(self.spec, frame, now)
+        try:
+            self.on_frame(self.spec, frame, now)
+        except Exception as exc:
+            # A bug in accounting must not take the daemon (and every other source) down:
+            # the frame is skipped and counted; the proxy's totals cover it next snapshot.
+            self.state.bad_frames["internal_error"] = (
+                self.state.bad_frames.get("internal_error", 0) + 1
+            )
+            if "internal_error" not in self._logged_kinds:
+                self._logged_kinds.add("internal_error")
+                self.log.error("frame could not be accounted", exc_info=exc)
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The first ``limit`` bytes of a body, without reading the rest (it may be endless)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,85 @@
+"""The HTTP layer with a stand-in service: status codes, bounds, bad query strings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from cco_cost_monitor.api import MAX_EVENTS, make_app
+from cco_cost_monitor.engine import BucketKind
+
+
+class FakeService:
+    """Answers like the real service, with fixed documents."""
+
+    def __init__(self, status: str = "pass") -> None:
+        self.status = status
+        self.since: list[datetime | None] = []
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        return {"status": self.status}, 503 if self.status == "fail" else 200
+
+    def summary(self) -> dict[str, Any]:
+        return {"totals": {"cost_usd": 1.5}}
+
+    def recent_events(self, limit: int) -> list[dict[str, Any]]:
+        return [{"n": index} for index in range(limit)]
+
+    def timeseries(self, kind: BucketKind, since: datetime | None) -> list[dict[str, Any]]:
+        self.since.append(since)
+        return []
+
+    def statusline(self) -> str:
+        return "cco $1.50 today"
+
+    def alerts(self, limit: int) -> list[dict[str, Any]]:
+        return []
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(make_app(FakeService()))) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    "since", ["inf", "1e20", "-1e20", "99999999999999d", "yesterday", "2026-13-40"]
+)
+async def test_bad_since_is_a_400_not_a_500(client: TestClient[Any, Any], since: str) -> None:
+    """Overflowing or unreadable `since` values are the client's error, answered with 400."""
+    response = await client.get("/api/timeseries", params={"since": since})
+    assert response.status == 400
+
+
+@pytest.mark.parametrize("since", ["30m", "6h", "7d", "1763400000", "2026-11-20T10:00:00Z"])
+async def test_good_since_forms_are_accepted(client: TestClient[Any, Any], since: str) -> None:
+    """Relative, epoch and RFC 3339 `since` values are all understood."""
+    response = await client.get("/api/timeseries", params={"since": since, "bucket": "hour"})
+    assert response.status == 200
+    assert (await response.json())["since"] is not None
+
+
+async def test_events_limit_is_clamped(client: TestClient[Any, Any]) -> None:
+    """/api/events never returns more than MAX_EVENTS, whatever is asked."""
+    response = await client.get("/api/events", params={"limit": "999999"})
+    assert len((await response.json())["events"]) == MAX_EVENTS
+    assert (await client.get("/api/events", params={"limit": "x"})).status == 400
+
+
+async def test_health_is_health_json_and_never_cached(client: TestClient[Any, Any]) -> None:
+    """/health has the health+json type and Cache-Control: no-store."""
+    response = await client.get("/health")
+    assert response.headers["Content-Type"].startswith("application/health+json")
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_failing_health_answers_503() -> None:
+    """status fail is HTTP 503; warn and pass are 200."""
+    async with TestClient(TestServer(make_app(FakeService("fail")))) as test_client:
+        assert (await test_client.get("/health")).status == 503
+    async with TestClient(TestServer(make_app(FakeService("warn")))) as test_client:
+        assert (await test_client.get("/health")).status == 200
