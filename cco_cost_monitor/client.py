@@ -169,6 +169,26 @@ def _config_values(
             return {}
 
 
+RUNTIME_FILE = "daemon.json"
+
+
+def running_url(state_dir: Path) -> str | None:
+    """The base URL the running daemon announced in ``<state dir>/daemon.json``, if any.
+
+    The daemon writes it once its HTTP port is bound, so clients find a daemon started
+    with ``--health-port`` or ``--health-port 0`` without being told the port again.
+    """
+    try:
+        with (state_dir / RUNTIME_FILE).open("rb") as handle:
+            import json  # noqa: PLC0415  (only when the file exists)
+
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    url = data.get("health_url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url.startswith("http") else None
+
+
 def resolve_endpoint(
     *,
     host: str | None = None,
@@ -193,15 +213,27 @@ def resolve_endpoint(
             file_values = _config_values(config, state_dir, env)
         return file_values.get(key, default)
 
+    chosen_token = pick(token, "health_token", None)
+    token_text = str(chosen_token) if chosen_token else None
+    explicit = any(
+        value not in (None, "")
+        for value in (
+            host,
+            port,
+            env.get(f"{ENV_PREFIX}HEALTH_HOST"),
+            env.get(f"{ENV_PREFIX}HEALTH_PORT"),
+        )
+    )
+    if not explicit:
+        announced = running_url(_state_dir(state_dir, env))
+        if announced is not None:
+            return Endpoint(announced, token_text)
     chosen_host = str(pick(host, "health_host", DEFAULT_HOST))
     try:
         chosen_port = int(pick(port, "health_port", DEFAULT_PORT))
     except (TypeError, ValueError):
         chosen_port = DEFAULT_PORT
-    chosen_token = pick(token, "health_token", None)
-    return Endpoint(
-        _base_url(chosen_host, chosen_port), str(chosen_token) if chosen_token else None
-    )
+    return Endpoint(_base_url(chosen_host, chosen_port), token_text)
 
 
 # -- the status line ---------------------------------------------------------------------

@@ -19,12 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import orjson
 from aiohttp import web
 
-from cco_cost_monitor import sdnotify
+from cco_cost_monitor import __version__, sdnotify
 from cco_cost_monitor.alerts import AlertDispatcher
 from cco_cost_monitor.api import make_app
 from cco_cost_monitor.budgets import AlertTracker, evaluate
+from cco_cost_monitor.client import RUNTIME_FILE
 from cco_cost_monitor.config import Settings, SourceSpec, load_settings
 from cco_cost_monitor.engine import BucketKind, Engine
 from cco_cost_monitor.errors import ConfigError, MonitorError, StartupError
@@ -310,6 +312,7 @@ async def serve(service: Service, on_ready: Callable[[], None] | None = None) ->
                     await _close_store(service)
                 raise
             service.health_port = port
+            _announce(settings, port)
             log.info(
                 "cco-monitor started",
                 pid=os.getpid(),
@@ -351,6 +354,29 @@ async def serve(service: Service, on_ready: Callable[[], None] | None = None) ->
             return 0
         finally:
             lock.release()
+
+
+def _announce(settings: Settings, port: int) -> None:
+    """Write ``<state dir>/daemon.json`` so that clients find the bound port.
+
+    Written atomically after the port is bound; holds no secret. The PID lock, not this
+    file, says whether the daemon runs: a stale file only points at a dead port.
+    """
+    host = settings.health_host
+    url_host = f"[{host}]" if ":" in host else host
+    document = {
+        "pid": os.getpid(),
+        "health_url": f"http://{url_host}:{port}",
+        "started_at": datetime.now(UTC).isoformat(),
+        "version": __version__,
+    }
+    target = settings.state_dir / RUNTIME_FILE
+    scratch = target.with_suffix(".json.tmp")
+    try:
+        scratch.write_bytes(orjson.dumps(document))
+        scratch.replace(target)
+    except OSError as exc:
+        log.warning("could not write the runtime file", path=str(target), error=exc.strerror)
 
 
 async def _watchdog() -> None:

@@ -29,11 +29,23 @@ if TYPE_CHECKING:
 __all__ = ["commands", "parse_moment", "report_rows"]
 
 
-def _client(settings: Any, timeout: float) -> DaemonClient:
+def daemon_url(loaded: Any) -> str:
+    """Where the daemon answers: an explicit host/port (flag or env) wins, then the URL the
+    running daemon announced in its state dir, then the configured one."""
+    from cco_cost_monitor.client import running_url  # noqa: PLC0415
+
+    settings = loaded.settings
+    if {loaded.origins.get("health_host"), loaded.origins.get("health_port")} & {"flag", "env"}:
+        return str(settings.health_url)
+    return running_url(settings.state_dir) or str(settings.health_url)
+
+
+def _client(loaded: Any, timeout: float) -> DaemonClient:
     from cco_cost_monitor.client import DaemonClient  # noqa: PLC0415
 
+    settings = loaded.settings
     token = settings.health_token.get_secret_value() if settings.health_token else None
-    return DaemonClient(settings.health_url, token, timeout=timeout)
+    return DaemonClient(daemon_url(loaded), token, timeout=timeout)
 
 
 # -- status ------------------------------------------------------------------------------
@@ -64,7 +76,7 @@ def status(as_json: bool, timeout: float, **options: Any) -> None:
     summary: dict[str, Any] | None = None
     error: str | None = None
     if pid is not None:
-        client = _client(settings, timeout)
+        client = _client(loaded, timeout)
         try:
             health = client.health()
             summary = client.summary()
@@ -76,7 +88,7 @@ def status(as_json: bool, timeout: float, **options: Any) -> None:
         document = {
             "running": pid is not None,
             "pid": pid,
-            "health_url": settings.health_url,
+            "health_url": daemon_url(loaded),
             "health": health,
             "summary": summary,
             "error": error,
@@ -92,7 +104,7 @@ def status(as_json: bool, timeout: float, **options: Any) -> None:
             status_view(
                 running=pid is not None,
                 pid=pid,
-                url=settings.health_url,
+                url=daemon_url(loaded),
                 health=health,
                 summary=summary,
                 error=error,
@@ -107,7 +119,7 @@ def status(as_json: bool, timeout: float, **options: Any) -> None:
             )
         elif health is None:
             console.print(
-                f"the process holds the PID lock but {settings.health_url} does not answer: "
+                f"the process holds the PID lock but {daemon_url(loaded)} does not answer: "
                 "it may be starting, stuck, or listening elsewhere (see its log: "
                 f"{settings.log_path})",
                 style="yellow",
@@ -242,13 +254,12 @@ def watch(interval: float, wait: bool, once: bool, **options: Any) -> None:
     from cco_cost_monitor.render import WatchFrame, watch_view  # noqa: PLC0415
 
     loaded, _ = _load(options)
-    settings = loaded.settings
-    client = _client(settings, timeout=max(0.2, min(interval, 2.0)))
-    frame = WatchFrame(url=settings.health_url, now=datetime.now(UTC))
+    client = _client(loaded, timeout=max(0.2, min(interval, 2.0)))
+    frame = WatchFrame(url=daemon_url(loaded), now=datetime.now(UTC))
     _fetch(client, frame)
     if frame.error is not None and not wait:
         click.echo(
-            f"cco-monitor: the daemon does not answer at {settings.health_url} "
+            f"cco-monitor: the daemon does not answer at {daemon_url(loaded)} "
             f"({frame.error}); start it with `cco-monitor start`, or use --wait",
             err=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -301,3 +302,31 @@ def test_budget_alerts_fire_once_and_survive_a_restart(
         assert budgets[0]["state"] == "exceeded"
     finally:
         second.stop()
+
+
+def test_clients_find_a_daemon_on_a_non_default_port(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor]
+) -> None:
+    """status, statusline and watch find the daemon's port from its state dir alone."""
+    sim = make_simulator("--interval", "0.1", "--rate", "5", "--seed", "13")
+    monitor = make_monitor([sim.stream_url])
+    wait_until(lambda: monitor.summary()["totals"]["requests"] > 0)
+    env = {k: v for k, v in monitor.env.items() if not k.startswith("CCO_MONITOR_HEALTH")}
+    common = ["--state-dir", str(monitor.state_dir)]
+    base = [sys.executable, "-m", "cco_cost_monitor"]
+    status = subprocess.run(
+        [*base, "status", "--json", *common], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert status.returncode == 0, status.stderr
+    assert f":{monitor.port}" in status.stdout
+    document = json.loads(status.stdout)
+    assert document["summary"]["totals"]["requests"] > 0
+    line = subprocess.run(
+        [*base, "statusline", *common], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert line.returncode == 0, line.stdout
+    assert "offline" not in line.stdout
+    once = subprocess.run(
+        [*base, "watch", "--once", *common], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert once.returncode == 0, once.stderr
