@@ -12,6 +12,7 @@ Exit statuses follow the LSB conventions of the contract: 0 success, 1 failure,
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -173,11 +174,19 @@ def start(foreground: bool, **options: Any) -> None:
     """Start the monitor (in the background unless --foreground)."""
     from cco_cost_monitor import daemon, sdnotify  # noqa: PLC0415
     from cco_cost_monitor.logs import configure_logging  # noqa: PLC0415
-    from cco_cost_monitor.server import run_service  # noqa: PLC0415
 
     loaded, flags = _load(options)
     settings = loaded.settings
+    # A reload re-reads the settings from these flags, after daemonizing into "/": pin
+    # the paths the user gave relative to where they typed the command.
+    flags["state_dir"] = settings.state_dir
+    if loaded.config_file is not None and (
+        "config" in flags or os.environ.get("CCO_MONITOR_CONFIG")
+    ):
+        flags["config"] = loaded.config_file
     if foreground:
+        from cco_cost_monitor.server import run_service  # noqa: PLC0415
+
         configure_logging(settings.log_level, settings.log_format)
         try:
             code = run_service(settings, flags=flags)
@@ -197,6 +206,9 @@ def start(foreground: bool, **options: Any) -> None:
         sys.exit(EXIT_FAILURE)
 
     def service(on_ready: Callable[[], None]) -> int:
+        # Imported in the child: "already running" is answered before this ~1 s import.
+        from cco_cost_monitor.server import run_service  # noqa: PLC0415
+
         configure_logging(
             settings.log_level,
             "json" if settings.log_format == "auto" else settings.log_format,
@@ -308,7 +320,18 @@ def run() -> None:
 
         sys.exit(statusline_main(argv[1:]))
     try:
-        main()
+        main.main(args=argv, prog_name="cco-monitor", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        # The contract: a bad flag stops start (and restart) with exit 1; click says 2.
+        starting = bool(argv) and argv[0] in ("start", "restart")
+        sys.exit(EXIT_FAILURE if starting else exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(EXIT_FAILURE)
     except (StartupError, ConfigError) as exc:
         click.echo(f"cco-monitor: {exc}", err=True)
         sys.exit(EXIT_FAILURE)

@@ -210,6 +210,14 @@ class Settings(BaseSettings):
             return specs
         return value
 
+    @field_validator("prices")
+    @classmethod
+    def _valid_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        from cco_cost_monitor.pricing import PriceTable  # noqa: PLC0415  (avoid an import cycle)
+
+        PriceTable.default().with_overrides(value)
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -236,12 +244,6 @@ class Settings(BaseSettings):
                 f"health_host {self.health_host!r} is not a loopback address: "
                 "set health_token (or allow_unauthenticated = true)"
             )
-        from cco_cost_monitor.pricing import PriceTable  # noqa: PLC0415  (avoid an import cycle)
-
-        try:
-            PriceTable.default().with_overrides(self.prices)
-        except ValueError as exc:
-            raise ValueError(f"prices: {exc}") from exc
         return self
 
     @property

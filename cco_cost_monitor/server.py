@@ -12,6 +12,7 @@ the old one kept), SIGUSR1 writes a summary to the log.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -43,6 +44,18 @@ from cco_cost_monitor.writer import StoreWriter
 
 __all__ = ["BUDGET_STATE", "Service", "run_service"]
 
+# Settings a SIGHUP applies to the running service; any other change needs a restart.
+LIVE_SETTINGS = frozenset(
+    {
+        "prices",
+        "budgets",
+        "alerts",
+        "billing_day",
+        "log_level",
+        "health_token",
+        "allow_unauthenticated",
+    }
+)
 # Name of the alert tracker's state in the store's component_state table.
 BUDGET_STATE = "budgets"
 
@@ -235,20 +248,45 @@ class Service:
     # -- reload ------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Re-read config, prices and budgets; keep every count. False if rejected."""
+        """Re-read the configuration; keep every count. False if the new one is rejected.
+
+        Prices, budgets, alerts, the billing day, the log level and the HTTP token apply at
+        once. Keys that need new sockets or a rebuilt engine (sources, host, port, state
+        dir, time zone, source timeouts...) keep their running values, and the log says a
+        restart is needed for them.
+        """
         try:
             loaded = load_settings(self.flags)
         except ConfigError as exc:
             log.error("reload rejected: keeping the running configuration", error=str(exc))
             return False
-        new = loaded.settings
-        self.settings = new
-        self.prices = PriceTable.default().with_overrides(new.prices)
+        old, new = self.settings, loaded.settings
+        changed = [key for key in Settings.model_fields if getattr(old, key) != getattr(new, key)]
+        needs_restart = [key for key in changed if key not in LIVE_SETTINGS]
+        self.settings = new.model_copy(update={key: getattr(old, key) for key in needs_restart})
+        self.prices = PriceTable.default().with_overrides(self.settings.prices)
         for reconciler in self.reconcilers.values():
             reconciler.prices = self.prices
+        if old.alerts != self.settings.alerts:
+            state = self.tracker.to_dict()
+            self.tracker = AlertTracker(
+                self.settings.alerts.thresholds, predictive=self.settings.alerts.predictive
+            )
+            self.tracker.load_dict(state)
+            self.dispatcher.settings = self.settings.alerts
+        if old.log_level != self.settings.log_level:
+            logging.getLogger().setLevel(self.settings.log_level.upper())
         self.reloads += 1
         self.evaluate_budgets()
-        log.info("configuration reloaded", price_table=self.prices.version)
+        log.info(
+            "configuration reloaded",
+            changed=[key for key in changed if key not in needs_restart],
+            price_table=self.prices.version,
+        )
+        if needs_restart:
+            log.warning(
+                "restart needed for these changes (running values kept)", keys=needs_restart
+            )
         return True
 
     def log_summary(self) -> None:

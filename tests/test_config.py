@@ -81,3 +81,27 @@ def test_non_loopback_host_needs_a_token() -> None:
     with pytest.raises(ConfigError, match="health_token"):
         load_settings({"health_host": "0.0.0.0"})
     assert load_settings({"health_host": "0.0.0.0", "health_token": "t"}).settings.health_token
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["start", "--health-port", "abc"], 1),
+        (["start", "--log-level", "loud"], 1),
+        (["status", "--no-such-flag"], 2),
+    ],
+)
+def test_a_bad_flag_stops_start_with_exit_1(args: list[str], code: int) -> None:
+    """start's bad flags exit 1 as the contract says; other commands keep click's 2."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cco_cost_monitor", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == code
+    assert "Error:" in result.stderr

@@ -1,0 +1,51 @@
+"""The service object without sockets: reload semantics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+import structlog.testing
+
+from cco_cost_monitor.config import load_settings
+from cco_cost_monitor.server import Service
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def test_reload_applies_live_keys_and_keeps_the_rest(tmp_path: Path) -> None:
+    """Budgets, prices and alert thresholds apply at once; a new port waits for a restart."""
+    config = tmp_path / "config.toml"
+    write(config, "health_port = 18001\n[budgets]\ndaily_usd = 10\n")
+    flags = {"config": str(config), "state_dir": str(tmp_path / "s")}
+    service = Service(load_settings(flags).settings, flags=flags)
+    version = service.prices.version
+    write(
+        config,
+        "health_port = 18002\ntimezone = 'Europe/Berlin'\n[budgets]\ndaily_usd = 3\n"
+        "[prices]\ngpt-4 = { input = 30, output = 60 }\n[alerts]\nthresholds = [0.8]\n",
+    )
+    with structlog.testing.capture_logs() as logs:
+        assert service.reload()
+    assert service.settings.budgets.daily_usd == 3
+    assert service.prices.version != version
+    assert all(r.prices is service.prices for r in service.reconcilers.values())
+    assert service.settings.alerts.thresholds == [0.8]
+    assert service.settings.health_port == 18001
+    assert service.settings.timezone == "local"
+    warning = next(entry for entry in logs if entry["log_level"] == "warning")
+    assert "restart needed" in warning["event"]
+    assert warning["keys"] == ["health_port", "timezone"]
+
+
+def test_a_broken_reload_keeps_the_running_configuration(tmp_path: Path) -> None:
+    """A config that no longer validates is rejected; nothing changes."""
+    config = tmp_path / "config.toml"
+    write(config, "[budgets]\ndaily_usd = 10\n")
+    flags = {"config": str(config), "state_dir": str(tmp_path / "s")}
+    service = Service(load_settings(flags).settings, flags=flags)
+    write(config, "[budgets]\ndaily_usd = -1\n")
+    assert not service.reload()
+    assert service.settings.budgets.daily_usd == 10
