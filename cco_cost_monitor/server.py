@@ -30,7 +30,7 @@ from cco_cost_monitor.budgets import AlertTracker, evaluate
 from cco_cost_monitor.client import RUNTIME_FILE
 from cco_cost_monitor.config import Settings, SourceSpec, load_settings
 from cco_cost_monitor.engine import BucketKind, Engine
-from cco_cost_monitor.errors import ConfigError, MonitorError, StartupError
+from cco_cost_monitor.errors import ConfigError, StartupError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.pidlock import PidLock
 from cco_cost_monitor.pricing import PriceTable
@@ -454,7 +454,4 @@ def run_service(
 ) -> int:
     """Create the loop (after any fork) and serve. Raises StartupError before ready."""
     service = Service(settings, flags=flags)
-    try:
-        return anyio.run(serve, service, on_ready)
-    except MonitorError:
-        raise
+    return anyio.run(serve, service, on_ready)

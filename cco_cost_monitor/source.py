@@ -110,6 +110,21 @@ class LineLimiter:
         self._discarding = False
 
     def feed(self, chunk: str) -> str:
+        if not self._discarding and self._partial_len + len(chunk) <= self.limit:
+            # Fast path (nearly every chunk): even joined with the unfinished line, nothing
+            # here can exceed the limit, so only the last line break matters.
+            cut = max(chunk.rfind("\n"), chunk.rfind("\r"))
+            if cut == -1:
+                self._partial.append(chunk)
+                self._partial_len += len(chunk)
+                return ""
+            head = chunk[: cut + 1]
+            if self._partial:
+                head = "".join(self._partial) + head
+            rest = chunk[cut + 1 :]
+            self._partial = [rest] if rest else []
+            self._partial_len = len(rest)
+            return head
         out: list[str] = []
         start = 0
         length = len(chunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import datetime
 
 from httpx_sse import ServerSentEvent
@@ -79,3 +80,15 @@ def test_empty_and_bad_frames_are_skipped_and_counted() -> None:
     assert source.state.bad_frames == {"invalid_json": 1}
     assert source.last_event_id == "7"
     assert source.backoff.floor == 1.5
+
+
+@given(st.text(alphabet="ab\n\r", max_size=120), st.integers(1, 30), st.integers(2, 40))
+def test_line_limiter_matches_a_reference(text: str, step: int, limit: int) -> None:
+    """Chunked any way, the output is exactly the input's complete lines of at most
+    `limit` characters (terminator included); each longer line is counted once."""
+    dropped: list[int] = []
+    limiter = LineLimiter(limit, lambda: dropped.append(1))
+    out = "".join(limiter.feed(text[i : i + step]) for i in range(0, len(text), step))
+    lines = re.findall(r"[^\r\n]*[\r\n]", text)
+    assert out == "".join(line for line in lines if len(line) <= limit)
+    assert len(dropped) >= sum(1 for line in lines if len(line) > limit)
