@@ -20,7 +20,17 @@ from typing import Any, Literal
 from cco_cost_monitor.pricing import TIERS, Tier
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, Unattributed
 
-__all__ = ["MAX_MODELS", "Aggregate", "BucketKind", "Engine", "SourceTotals", "local"]
+__all__ = [
+    "MAX_MODELS",
+    "Aggregate",
+    "BucketKind",
+    "Engine",
+    "SourceTotals",
+    "bucket_start",
+    "local",
+    "next_bucket_start",
+    "spread",
+]
 
 MAX_MODELS = 64
 OTHER_MODELS = "(other models)"
@@ -66,6 +76,31 @@ def next_bucket_start(start: float, kind: BucketKind, zone: tzinfo) -> float:
     here = local(datetime.fromtimestamp(start, UTC), zone)
     tomorrow = (here + timedelta(days=1, hours=3)).replace(hour=0, minute=0, second=0)
     return local(tomorrow, zone).timestamp()
+
+
+def spread(
+    start: datetime,
+    end: datetime,
+    kind: BucketKind,
+    zone: tzinfo,
+    *,
+    not_before: datetime | None = None,
+) -> Iterator[tuple[datetime, float]]:
+    """Shares of the interval [start, end] falling in each bucket (they sum to 1).
+
+    With ``not_before``, buckets before it are skipped: their shares are left out, and
+    the rest keep their shares of the whole interval.
+    """
+    total = (end - start).total_seconds()
+    if total <= 0:
+        yield end, 1.0
+        return
+    cursor = start if not_before is None or not_before <= start else min(not_before, end)
+    while cursor < end:
+        boundary_at = next_bucket_start(bucket_start(cursor, kind, zone), kind, zone)
+        boundary = min(datetime.fromtimestamp(boundary_at, UTC), end)
+        yield cursor, (boundary - cursor).total_seconds() / total
+        cursor = boundary
 
 
 @dataclass
@@ -234,25 +269,12 @@ class Engine:
         totals.lost_events += remainder.lost_events
         end = min(remainder.occurred_at, observed_at + MAX_CLOCK_SKEW)
         start = remainder.since if remainder.since is not None and remainder.since < end else end
-        for kind in BUCKET_RETENTION:
-            for moment, share in self._spread(start, end, kind):
+        for kind, keep in BUCKET_RETENTION.items():
+            # Only what falls inside a table's retention is spread into it: after days of
+            # downtime, not thousands of minute buckets that pruning would drop again.
+            for moment, share in spread(start, end, kind, self.zone, not_before=end - keep):
                 self._bucket(kind, moment).add(UNATTRIBUTED, remainder.cost_usd * share, 0)
             self._bucket(kind, end).add(UNATTRIBUTED, 0.0, remainder.requests)
-
-    def _spread(
-        self, start: datetime, end: datetime, kind: BucketKind
-    ) -> Iterator[tuple[datetime, float]]:
-        """Shares of the interval [start, end] falling in each bucket (they sum to 1)."""
-        total = (end - start).total_seconds()
-        if total <= 0:
-            yield end, 1.0
-            return
-        cursor = start
-        while cursor < end:
-            boundary_at = next_bucket_start(bucket_start(cursor, kind, self.zone), kind, self.zone)
-            boundary = min(datetime.fromtimestamp(boundary_at, UTC), end)
-            yield cursor, (boundary - cursor).total_seconds() / total
-            cursor = boundary
 
     def _aggregate(self, source: str, tier: Tier, model: str) -> Aggregate:
         key = (source, tier, model)

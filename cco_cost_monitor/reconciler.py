@@ -354,7 +354,6 @@ class Reconciler:
         reason: Literal["gap", "restart_overflow"] = "gap"
         if restart:
             state.proxy_restarts += 1
-            events = self._apportion(events, None)
             new_cost = sum(event.cost_usd for event in events)
             if calls is not None and cost is not None and len(snap.activity) >= self.window:
                 # Post-restart events may have scrolled out; the reloaded total is at most
@@ -452,14 +451,7 @@ class Reconciler:
             priced = self.prices.match(event.model) is not None
         elif event.event_type == "cache_hit":
             calculated = 0.0
-        if not is_request:
-            cost, basis = 0.0, "none"
-        elif recorded is not None:
-            cost, basis = recorded, "recorded"
-        elif calculated is not None:
-            cost, basis = calculated, "calculated"
-        else:
-            cost, basis = 0.0, "none"
+        cost, basis = counted_cost(recorded, calculated) if is_request else (0.0, "none")
         return AccountedEvent(
             source=self.source,
             key=key,
@@ -477,7 +469,7 @@ class Reconciler:
             cost_usd=cost,
             recorded_cost_usd=recorded,
             calculated_cost_usd=calculated,
-            cost_basis=basis,  # type: ignore[arg-type]
+            cost_basis=basis,
             priced=priced,
             price_version=self.prices.version,
         )
@@ -653,12 +645,7 @@ class Reconciler:
             else None
         )
         calculated = estimate.usd if estimate else None
-        if recorded is not None:
-            cost, basis = recorded, "recorded"
-        elif calculated is not None:
-            cost, basis = calculated, "calculated"
-        else:
-            cost, basis = 0.0, "none"
+        cost, basis = counted_cost(recorded, calculated)
         return AccountedEvent(
             source=self.source,
             key=key,
@@ -676,10 +663,19 @@ class Reconciler:
             cost_usd=cost,
             recorded_cost_usd=recorded,
             calculated_cost_usd=calculated,
-            cost_basis=basis,  # type: ignore[arg-type]
+            cost_basis=basis,
             priced=event_type != "api_call" or estimate is not None,
             price_version=self.prices.version,
         )
+
+
+def counted_cost(recorded: float | None, calculated: float | None) -> tuple[float, CostBasis]:
+    """The cost that counts: the source's own figure, else ours, else nothing (unpriced)."""
+    if recorded is not None:
+        return recorded, "recorded"
+    if calculated is not None:
+        return calculated, "calculated"
+    return 0.0, "none"
 
 
 def _replace_cost(event: AccountedEvent, cost: float, basis: CostBasis) -> AccountedEvent:

@@ -99,20 +99,13 @@ class Service:
             self._add_source(spec, None)
 
     def _add_source(self, spec: SourceSpec, state: dict[str, Any] | None) -> None:
-        self.reconcilers[spec.name] = Reconciler(
-            spec.name,
-            self.prices,
-            kind=spec.effective_kind,
-            capacity=self.settings.dedupe_capacity,
-            pending_capacity=self.settings.pending_gateway_requests,
-            state=state,
-        )
+        self.restore_source(spec, state)
         self.sources[spec.name] = SseSource(
             spec, self.settings, self.on_frame, throttle=self.throttle
         )
 
-    def restore_source(self, spec: SourceSpec, state: dict[str, Any]) -> None:
-        """Continue a source from its saved reconciler state (before any frame arrives)."""
+    def restore_source(self, spec: SourceSpec, state: dict[str, Any] | None) -> None:
+        """(Re)create a source's reconciler, from its saved state if any (before frames)."""
         self.reconcilers[spec.name] = Reconciler(
             spec.name,
             self.prices,

@@ -50,7 +50,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -64,6 +64,7 @@ from cco_cost_monitor.engine import (
     BucketKind,
     bucket_start,
     next_bucket_start,
+    spread,
 )
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.pricing import Tier
@@ -663,23 +664,9 @@ class _Aggregates:
         start = since if since is not None and since < end else end
         key = (remainder.source, UNATTRIBUTED, "")
         for kind in self.KINDS:
-            for moment, share in self._spread(start, end, kind):
+            for moment, share in spread(start, end, kind, self.zone):
                 self._add(kind, moment, key, (remainder.cost_usd * share, 0, 0, 0, 0))
             self._add(kind, end, key, (0.0, remainder.requests, 0, 0, 0))
-
-    def _spread(
-        self, start: datetime, end: datetime, kind: BucketKind
-    ) -> Iterator[tuple[datetime, float]]:
-        total = (end - start).total_seconds()
-        if total <= 0:
-            yield end, 1.0
-            return
-        cursor = start
-        while cursor < end:
-            boundary_at = next_bucket_start(self._start(kind, cursor), kind, self.zone)
-            boundary = min(datetime.fromtimestamp(boundary_at, UTC), end)
-            yield cursor, (boundary - cursor).total_seconds() / total
-            cursor = boundary
 
     def write(self, conn: sqlite3.Connection) -> None:
         for kind, table in (("hour", "hourly"), ("day", "daily")):

@@ -172,3 +172,16 @@ def test_day_buckets_sum_to_the_total(points: list[tuple[int, float]]) -> None:
         record(engine, T0 + timedelta(seconds=offset), cost)
     total = sum(row["cost_usd"] for row in engine.timeseries("day"))
     assert total == pytest.approx(engine.total_cost(), abs=1e-9)
+
+
+def test_a_long_gap_fills_only_the_buckets_inside_retention() -> None:
+    """$100 found after 10 days away fills 3 h of minutes, not 14,400 minute buckets."""
+    engine = Engine()
+    end = T0 + timedelta(days=10)
+    engine.record(Accounting("p", end, (), Unattributed("p", end, 7, 100.0, 0, "gap", T0)))
+    assert len(engine.buckets["minute"]) <= 3 * 60 + 1
+    day_total = sum(row["cost_usd"] for row in engine.timeseries("day"))
+    assert day_total == pytest.approx(100.0)
+    minute_total = sum(row["cost_usd"] for row in engine.timeseries("minute"))
+    assert minute_total == pytest.approx(100.0 * 3 / 240, rel=0.01)
+    assert engine.total_cost() == pytest.approx(100.0)
