@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -330,3 +331,99 @@ def test_clients_find_a_daemon_on_a_non_default_port(
         [*base, "watch", "--once", *common], capture_output=True, text=True, timeout=60, env=env
     )
     assert once.returncode == 0, once.stderr
+
+
+def test_report_and_db_commands_agree_with_the_summary(
+    make_simulator: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    """After a run, report (json and csv), db export and db check agree with /api/summary."""
+    import csv
+    import io
+
+    sim = make_simulator("--interval", "0.1", "--rate", "30", "--seed", "17")
+    state = tmp_path / "state"
+    monitor = Monitor(state, [sim.stream_url]).start()
+    try:
+        wait_until(lambda: monitor.summary()["totals"]["requests"] > 40)
+        sim.fault("burst", count=30)  # some unattributed spend too
+        time.sleep(0.5)
+        settle(sim, monitor)
+        totals = monitor.summary()["totals"]
+        assert totals["unattributed_requests"] > 0
+        assert monitor.proc is not None
+        monitor.proc.signal(signal.SIGTERM)
+        assert monitor.proc.wait(10) == 0
+    finally:
+        monitor.stop()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCO_MONITOR")}
+    base = [sys.executable, "-m", "cco_cost_monitor"]
+    where = ["--state-dir", str(state)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, *args, *where], capture_output=True, text=True, timeout=60, env=env
+        )
+
+    as_json = run("report", "--since", "1d", "--by", "tier", "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["totals"]["requests"] == totals["requests"]
+    assert report["totals"]["cost_usd"] == pytest.approx(totals["cost_usd"], abs=1e-9)
+    as_csv = run("report", "--since", "1d", "--by", "model", "--format", "csv")
+    assert as_csv.returncode == 0, as_csv.stderr
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert sum(float(row["cost_usd"]) for row in rows) == pytest.approx(
+        totals["cost_usd"], abs=1e-6
+    )
+    assert sum(int(row["requests"]) for row in rows) == totals["requests"]
+    exported = run("db", "export", "--kind", "events", "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    events = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(events) == totals["events"]
+    assert sum(e["cost_usd"] for e in events) == pytest.approx(
+        totals["cost_usd"] - totals["unattributed_cost_usd"], abs=1e-9
+    )
+    check = run("db", "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "FAIL" not in check.stdout
+    assert run("db", "prune").returncode == 0
+
+
+def test_a_corrupt_database_stops_start_and_db_check_with_a_clear_message(
+    tmp_path: Path,
+) -> None:
+    """Random bytes in monitor.db: start exits 1 naming the file, db check exits 1, no reset."""
+    state = tmp_path / "state"
+    state.mkdir()
+    database = state / "monitor.db"
+    garbage = os.urandom(8192)
+    database.write_bytes(garbage)
+    base = [sys.executable, "-m", "cco_cost_monitor"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCO_MONITOR")}
+    started = subprocess.run(
+        [
+            *base,
+            "start",
+            "--foreground",
+            "--state-dir",
+            str(state),
+            "--health-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert started.returncode == 1
+    assert "monitor.db" in started.stderr
+    assert "corrupt" in started.stderr or "not a SQLite" in started.stderr
+    checked = subprocess.run(
+        [*base, "db", "check", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert checked.returncode == 1
+    assert database.read_bytes() == garbage
