@@ -34,11 +34,25 @@ class ServiceView(Protocol):
     def alerts(self, limit: int) -> list[dict[str, Any]]: ...
 
 
+MONEY_DECIMALS = 10
+
+
+def tidy(value: Any) -> Any:
+    """Floats rounded to 10 decimals: sums of prices carry float noise (0.114831999...)."""
+    if isinstance(value, float):
+        return round(value, MONEY_DECIMALS)
+    if isinstance(value, dict):
+        return {key: tidy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [tidy(item) for item in value]
+    return value
+
+
 def json_response(
     data: Any, status: int = 200, content_type: str = "application/json"
 ) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        body=orjson.dumps(tidy(data), option=orjson.OPT_NON_STR_KEYS),
         status=status,
         content_type=content_type,
         headers={"Cache-Control": "no-store"},

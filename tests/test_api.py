@@ -83,3 +83,15 @@ async def test_failing_health_answers_503() -> None:
         assert (await test_client.get("/health")).status == 503
     async with TestClient(TestServer(make_app(FakeService("warn")))) as test_client:
         assert (await test_client.get("/health")).status == 200
+
+
+async def test_money_is_served_without_float_noise() -> None:
+    """0.1 + 0.2 is served as 0.3, not 0.30000000000000004."""
+
+    class Noisy(FakeService):
+        def summary(self) -> dict[str, Any]:
+            return {"totals": {"cost_usd": 0.1 + 0.2, "requests": 3}}
+
+    async with TestClient(TestServer(make_app(Noisy()))) as test_client:
+        body = await (await test_client.get("/api/summary")).text()
+    assert '"cost_usd":0.3,' in body
