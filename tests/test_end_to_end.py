@@ -427,3 +427,39 @@ def test_a_corrupt_database_stops_start_and_db_check_with_a_clear_message(
     )
     assert checked.returncode == 1
     assert database.read_bytes() == garbage
+
+
+def test_an_unusable_state_dir_or_database_stops_start_with_a_clear_message(
+    tmp_path: Path,
+) -> None:
+    """A state dir that cannot be created, or a database path that is a directory, is exit 1.
+
+    Written so that it also bites as root (CI), where file permissions do not."""
+    base = [
+        sys.executable,
+        "-m",
+        "cco_cost_monitor",
+        "start",
+        "--foreground",
+        "--health-port",
+        str(free_port()),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCO_MONITOR")}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [*base, "--state-dir", str(blocker / "state")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "state dir" in result.stderr
+    state = tmp_path / "state"
+    (state / "monitor.db").mkdir(parents=True)
+    result = subprocess.run(
+        [*base, "--state-dir", str(state)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    assert "monitor.db" in result.stderr
