@@ -42,6 +42,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
     raise AssertionError(f"condition not met within {timeout} s (last error: {last_error})")
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``cco-monitor ARGS`` as a subprocess; output captured as text, never checked."""
+    return subprocess.run(
+        [PYTHON, "-m", "cco_cost_monitor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
 class Proc:
     """A subprocess with its output captured to a file, stopped at teardown."""
 

@@ -14,7 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Monitor, Simulator, free_port, truth_since_first_contact, wait_until
+from tests.conftest import (
+    Monitor,
+    Simulator,
+    free_port,
+    run_cli,
+    truth_since_first_contact,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -140,21 +147,13 @@ def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cco_cost_monitor",
-                "start",
-                "--foreground",
-                "--health-port",
-                str(port),
-                "--state-dir",
-                str(tmp_path / "s"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
+        result = run_cli(
+            "start",
+            "--foreground",
+            "--health-port",
+            str(port),
+            "--state-dir",
+            str(tmp_path / "s"),
         )
     assert result.returncode == 1
     assert f"port {port}" in result.stderr
@@ -165,21 +164,8 @@ def test_bad_config_value_exits_1_naming_the_key(tmp_path: Path) -> None:
     """An invalid value in the config file stops start with exit 1 and names the key."""
     config = tmp_path / "config.toml"
     config.write_text("health_port = 'eighty'\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cco_cost_monitor",
-            "start",
-            "--foreground",
-            "--config",
-            str(config),
-            "--state-dir",
-            str(tmp_path / "s"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_cli(
+        "start", "--foreground", "--config", str(config), "--state-dir", str(tmp_path / "s")
     )
     assert result.returncode == 1
     assert "health_port" in result.stderr

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from cco_cost_monitor.engine import MAX_MODELS, OTHER_MODELS, Engine
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, Unattributed
+from tests.builders import accounted_event
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -20,26 +21,14 @@ T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 def event(
     at: datetime, cost: float, model: str = "claude-sonnet-4", key: str = ""
 ) -> AccountedEvent:
-    return AccountedEvent(
+    return accounted_event(
         source="p",
         key=key or f"{at.timestamp()}-{model}-{cost}",
         occurred_at=at,
-        event_type="api_call",
+        cost=cost,
         model=model,
         tier="sonnet" if "sonnet" in model else "other",
-        requests=1,
-        cache_hits=0,
-        tokens=100,
-        input_tokens=None,
-        output_tokens=None,
         latency_ms=10,
-        status="success",
-        cost_usd=cost,
-        recorded_cost_usd=cost,
-        calculated_cost_usd=None,
-        cost_basis="recorded",
-        priced=True,
-        price_version="test",
     )
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from cco_cost_monitor.summary import health_status
-from tests.helpers_obs import free_port, get, monitor, simulator
+from tests.conftest import free_port
+from tests.helpers_obs import get, monitor, simulator
 
 GRACE = 2.0
 HEALTH_ENV = {"CCO_MONITOR_HEALTH_GRACE_SECONDS": str(GRACE)}

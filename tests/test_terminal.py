@@ -22,6 +22,7 @@ from cco_cost_monitor.client import DaemonClient, Unreachable, resolve_endpoint
 from cco_cost_monitor.pidlock import PidLock
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, Unattributed
 from cco_cost_monitor.store import Batch, Store
+from tests.builders import accounted_event
 from tests.conftest import Monitor, Simulator, free_port, wait_until
 from tests.test_render import health_doc, summary_doc
 
@@ -324,26 +325,14 @@ def test_watch_live_in_tmux(
 
 
 def _event(index: int, at: datetime, tier: str, model: str, cost: float) -> AccountedEvent:
-    return AccountedEvent(
-        source="default",
+    return accounted_event(
         key=f"k{index}",
         occurred_at=at,
-        event_type="api_call",
+        cost=cost,
+        tier=tier,
         model=model,
-        tier=tier,  # type: ignore[arg-type]
-        requests=1,
-        cache_hits=0,
         tokens=1000,
-        input_tokens=None,
-        output_tokens=None,
-        latency_ms=100,
-        status="success",
-        cost_usd=cost,
-        recorded_cost_usd=cost,
         calculated_cost_usd=cost,
-        cost_basis="recorded",
-        priced=True,
-        price_version="test",
     )
 
 

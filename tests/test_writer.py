@@ -19,31 +19,14 @@ from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting
 from cco_cost_monitor.store import AlertRecord, Batch, CommitResult, PruneResult, Store
 from cco_cost_monitor.writer import StoreWriter
+from tests.builders import accounted_event
 
 T0 = datetime(2025, 11, 17, 12, 0, tzinfo=UTC)
 
 
 def event(index: int, cost: float = 0.01) -> AccountedEvent:
-    return AccountedEvent(
-        source="default",
-        key=f"key-{index}",
-        occurred_at=T0 + timedelta(seconds=index),
-        event_type="api_call",
-        model="claude-sonnet-4-5",
-        tier="sonnet",
-        requests=1,
-        cache_hits=0,
-        tokens=100,
-        input_tokens=None,
-        output_tokens=None,
-        latency_ms=100,
-        status="success",
-        cost_usd=cost,
-        recorded_cost_usd=cost,
-        calculated_cost_usd=None,
-        cost_basis="recorded",
-        priced=True,
-        price_version="v",
+    return accounted_event(
+        key=f"key-{index}", occurred_at=T0 + timedelta(seconds=index), cost=cost, price_version="v"
     )
 
 
