@@ -2,15 +2,19 @@
 
 The one-command tour: a stand-in CCO proxy with realistic traffic (and, by default, a
 proxy restart and a burst beyond the window, to show that nothing is lost or counted
-twice), the real monitor service against it, and a line of live figures every few
-seconds, compared with the simulator's own ledger. Ctrl+C stops both, exit 0.
+twice), the real monitor service against it, and the live ``watch`` view on a terminal
+(or a line of figures every few seconds when the output is not a terminal), compared
+with the simulator's own ledger. Ctrl+C stops both, exit 0.
 State goes to a temporary directory unless ``--state-dir`` is given.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +131,10 @@ async def _demo(
     duration: float | None,
     faults: bool,
 ) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.live import Live  # noqa: PLC0415
+
+    from cco_cost_monitor.render import WatchFrame, watch_view  # noqa: PLC0415
     from cco_cost_monitor.server import Service, serve  # noqa: PLC0415
     from cco_cost_monitor.simulator.faults import parse_fault_spec  # noqa: PLC0415
     from cco_cost_monitor.simulator.server import running  # noqa: PLC0415
@@ -155,38 +163,78 @@ async def _demo(
     click.echo(f"simulator  http://127.0.0.1:{sim_port}/api/stream  (ledger: /_sim/ledger)")
     click.echo(f"monitor    {settings.health_url}/   (try: curl -s {settings.health_url}/health)")
     click.echo("Ctrl+C stops both.\n")
-    async with running(sim_settings) as sim, anyio.create_task_group() as tasks:
+    async with running(sim_settings) as sim:
+        async with anyio.create_task_group() as tasks:
 
-        async def report() -> None:
-            while True:
-                await anyio.sleep(max(2.0, interval * 3))
-                click.echo(_line(service, sim.ledger_json()))
+            async def report() -> None:
+                console = Console()
+                if not console.is_terminal:
+                    while True:
+                        await anyio.sleep(max(2.0, interval * 3))
+                        click.echo(_line(service, sim.ledger_json()))
+                frame = WatchFrame(
+                    url=settings.health_url,
+                    now=datetime.now(UTC),
+                    title="cco-monitor demo",
+                    hint="Ctrl+C stops both",
+                )
+                with Live(console=console, screen=True, auto_refresh=False) as live:
+                    while True:
+                        _refresh(frame, service, sim.ledger_json())
+                        live.update(watch_view(frame), refresh=True)
+                        await anyio.sleep(1.0)
 
-        async def stop_later() -> None:
-            if duration is not None:
-                await anyio.sleep(duration)
-                import os  # noqa: PLC0415
-                import signal  # noqa: PLC0415
+            async def stop_later() -> None:
+                if duration is not None:
+                    await anyio.sleep(duration)
+                    # Quiet the proxy and let one more snapshot through, so that the final
+                    # line compares like with like (Ctrl+C may catch calls in flight).
+                    sim.set_traffic(rate=0)
+                    await anyio.sleep(max(0.5, interval * 3))
+                    os.kill(os.getpid(), signal.SIGTERM)
 
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        tasks.start_soon(report)
-        tasks.start_soon(stop_later)
-        await serve(service)
+            tasks.start_soon(report)
+            tasks.start_soon(stop_later)
+            await serve(service)
+            tasks.cancel_scope.cancel()
+        # After the live view has left the alternate screen, so that it stays visible.
         click.echo(_line(service, sim.ledger_json()))
-        tasks.cancel_scope.cancel()
+
+
+def _refresh(frame: Any, service: Any, ledger: dict[str, Any]) -> None:
+    """Fill a watch frame straight from the in-process service (no HTTP round trip)."""
+    now = datetime.now(UTC)
+    frame.now = frame.last_ok = now
+    frame.health, _ = service.health()
+    frame.summary = service.summary()
+    frame.timeseries = service.timeseries("minute", now - timedelta(minutes=60))
+    frame.events = service.recent_events(20)
+    cost, calls = _truth(ledger)
+    if cost is not None:
+        frame.note = f"simulator truth ${cost:.4f} / {calls} req"
+
+
+def _truth(ledger: dict[str, Any]) -> tuple[float | None, int]:
+    """Ground truth since the monitor's first snapshot, from the simulator's ledger."""
+    connections = ledger.get("connections") or []
+    if not connections:
+        return None, 0
+    first = connections[0]["first_snapshot"]
+    return (
+        ledger["true_cost_usd"] - first["true_cost_usd"],
+        ledger["true_calls"] - first["true_calls"],
+    )
 
 
 def _line(service: Any, ledger: dict[str, Any]) -> str:
     summary = service.summary()
     totals = summary["totals"]
-    connections = ledger.get("connections") or []
-    truth = ""
-    if connections:
-        first = connections[0]["first_snapshot"]
-        truth_cost = ledger["true_cost_usd"] - first["true_cost_usd"]
-        truth_calls = ledger["true_calls"] - first["true_calls"]
-        truth = f" | simulator truth ${truth_cost:.4f} / {truth_calls} req"
+    truth_cost, truth_calls = _truth(ledger)
+    truth = (
+        f" | simulator truth ${truth_cost:.4f} / {truth_calls} req"
+        if truth_cost is not None
+        else ""
+    )
     tiers = " ".join(
         f"{tier} ${row['cost_usd']:.3f}"
         for tier, row in summary["by_tier"].items()

@@ -441,14 +441,19 @@ class WatchFrame:
     events: Sequence[Mapping[str, Any]] = field(default_factory=list)
     error: str | None = None
     last_ok: datetime | None = None
+    title: str = "cco-monitor watch"
+    hint: str = "q to quit"
+    note: str | None = None
 
 
 def watch_header(frame: WatchFrame) -> Panel:
     """Title, daemon health, connection per source, or the outage banner."""
     text = Text()
-    text.append("cco-monitor watch", style="bold")
+    text.append(frame.title, style="bold")
     text.append(f" · {frame.url} · {frame.now.astimezone().strftime('%H:%M:%S')}")
-    text.append("   q to quit", style="dim")
+    text.append(f"   {frame.hint}", style="dim")
+    if frame.note:
+        text.append(f"   {frame.note}", style="green")
     if frame.error is not None:
         text.append("\n")
         text.append("daemon unreachable — retrying", style="bold white on red")
