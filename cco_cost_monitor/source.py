@@ -37,26 +37,50 @@ Status = Literal["connecting", "connected", "disconnected", "error"]
 FrameHandler = Callable[[SourceSpec, Frame, datetime], None]
 _NEWLINE = re.compile(r"[\r\n]")
 LOOP_SLICE_SECONDS = 0.005
+QUICK_RETRY_SECONDS = 30.0
+QUICK_RETRY_CEILING = 1.0
+QUICK_RETRY_MIN_UPTIME = 5.0
 log = get_logger("cco_cost_monitor.source")
 
 
 class Backoff:
-    """Full-jitter exponential backoff: a delay uniform in [floor, min(max, initial * 2^n)]."""
+    """Full-jitter exponential backoff: a delay uniform in [floor, min(max, initial * 2^n)].
 
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
+    After losing an established connection, the ceiling stays at ``QUICK_RETRY_CEILING``
+    for ``QUICK_RETRY_SECONDS``: a proxy that restarts is usually back within seconds, and
+    every event past the 20 of its first window that happens before we reconnect can only
+    be accounted as an estimate.
+    """
+
+    def __init__(
+        self,
+        initial: float,
+        maximum: float,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.initial = initial
         self.maximum = maximum
         self.attempt = 0
         self.floor = 0.0
+        self.quick_until: float | None = None
         self._rng = rng or random.Random()
+        self._clock = clock
 
     def next_delay(self) -> float:
         ceiling = min(self.maximum, self.initial * (2**self.attempt))
+        if self.quick_until is not None and self._clock() < self.quick_until:
+            ceiling = min(ceiling, QUICK_RETRY_CEILING)
         self.attempt = min(self.attempt + 1, 32)
         return max(self.floor, self._rng.uniform(0.0, ceiling))
 
     def reset(self) -> None:
         self.attempt = 0
+
+    def connection_lost(self, lasted: float) -> None:
+        """Retry quickly for a while after a connection that had been up (not a flap)."""
+        if lasted >= QUICK_RETRY_MIN_UPTIME:
+            self.quick_until = self._clock() + QUICK_RETRY_SECONDS
 
 
 @dataclass
@@ -239,6 +263,7 @@ class SseSource:
         state = self.state
         state.move("connecting", state.reason)
         healthy_since: float | None = None
+        connected_since: float | None = None
         try:
             async with client.stream("GET", self.spec.url, headers=self._headers()) as response:
                 state.last_http_status = response.status_code
@@ -263,7 +288,7 @@ class SseSource:
                 state.connected_at = datetime.now(UTC)
                 state.move("connected", None)
                 self.log.info("connected", url=self.spec.url)
-                healthy_since = time.monotonic()
+                healthy_since = connected_since = time.monotonic()
                 yielded_at = time.monotonic()
                 async for sse in source.aiter_sse():
                     self._handle(sse)
@@ -297,6 +322,8 @@ class SseSource:
             self.settings.healthy_after_seconds
         ):
             self.backoff.reset()
+        if connected_since is not None:
+            self.backoff.connection_lost(time.monotonic() - connected_since)
 
     def _handle(self, sse: ServerSentEvent) -> None:
         state = self.state

@@ -92,3 +92,22 @@ def test_line_limiter_matches_a_reference(text: str, step: int, limit: int) -> N
     lines = re.findall(r"[^\r\n]*[\r\n]", text)
     assert out == "".join(line for line in lines if len(line) <= limit)
     assert len(dropped) >= sum(1 for line in lines if len(line) > limit)
+
+
+def test_backoff_retries_quickly_after_losing_an_established_connection() -> None:
+    """After a connection of 5 s or more drops, delays stay under 1 s for 30 s, then grow."""
+    now = [0.0]
+    backoff = Backoff(0.5, 30, random.Random(3), clock=lambda: now[0])
+    backoff.connection_lost(lasted=600)
+    quick = [backoff.next_delay() for _ in range(12)]
+    assert max(quick) <= 1.0
+    now[0] = 31.0
+    later = [backoff.next_delay() for _ in range(6)]
+    assert max(later) > 1.0
+
+
+def test_a_flapping_connection_gets_no_quick_retries() -> None:
+    """A connection that dropped within seconds does not open the quick-retry window."""
+    backoff = Backoff(0.5, 30, random.Random(4), clock=lambda: 0.0)
+    backoff.connection_lost(lasted=1.0)
+    assert max(backoff.next_delay() for _ in range(12)) > 1.0
