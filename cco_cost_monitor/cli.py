@@ -12,7 +12,6 @@ Exit statuses follow the LSB conventions of the contract: 0 success, 1 failure,
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -180,9 +179,9 @@ def start(foreground: bool, **options: Any) -> None:
     # A reload re-reads the settings from these flags, after daemonizing into "/": pin
     # the paths the user gave relative to where they typed the command.
     flags["state_dir"] = settings.state_dir
-    if loaded.config_file is not None and (
-        "config" in flags or os.environ.get("CCO_MONITOR_CONFIG")
-    ):
+    if loaded.config_file is not None:
+        # Also when it was found as <state dir>/config.toml: that file may itself move
+        # state_dir, and a reload must read the same file again.
         flags["config"] = loaded.config_file
     if foreground:
         from cco_cost_monitor.server import run_service  # noqa: PLC0415

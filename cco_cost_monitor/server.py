@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
 from cco_cost_monitor import __version__, sdnotify
 from cco_cost_monitor.alerts import AlertDispatcher
@@ -256,7 +257,19 @@ class Service:
         old, new = self.settings, loaded.settings
         changed = [key for key in Settings.model_fields if getattr(old, key) != getattr(new, key)]
         needs_restart = [key for key in changed if key not in LIVE_SETTINGS]
-        self.settings = new.model_copy(update={key: getattr(old, key) for key in needs_restart})
+        merged = new.model_copy(update={key: getattr(old, key) for key in needs_restart})
+        try:
+            # The running values kept for restart-only keys must still make a valid whole:
+            # e.g. a token removed while a non-loopback host stays bound is refused.
+            Settings.model_validate(dict(merged))
+        except ValidationError as exc:
+            log.error(
+                "reload rejected: with the running values of "
+                f"{', '.join(needs_restart)} the configuration is invalid",
+                error=str(exc).splitlines()[-1][:300],
+            )
+            return False
+        self.settings = merged
         self.prices = PriceTable.default().with_overrides(self.settings.prices)
         for reconciler in self.reconcilers.values():
             reconciler.prices = self.prices

@@ -42,7 +42,8 @@ __all__ = [
 # Integers are accepted where floats are expected (JSON writes 0 for 0.0 in some encoders),
 # but never strings or booleans.
 Number = StrictFloat | StrictInt
-Count = Annotated[StrictInt, Field(ge=0)]
+# The proxy's counters are u64; we keep them in SQLite's signed 64-bit integers.
+Count = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
 
 class _Lenient(BaseModel):

@@ -17,7 +17,7 @@ from cco_cost_monitor import daemon
 from cco_cost_monitor.config import load_settings
 from cco_cost_monitor.errors import ConfigError
 from cco_cost_monitor.pidlock import lock_held
-from tests.conftest import PYTHON, Monitor, Simulator, free_port, wait_until
+from tests.conftest import PYTHON, Monitor, Proc, Simulator, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -194,3 +194,43 @@ def test_a_rejected_price_override_is_blamed_on_the_config_file(
     message = str(caught.value)
     assert "claude-sonnet-4-5" in message
     assert "prices (config file)" in message
+
+
+def test_reload_rereads_the_config_found_in_the_default_state_dir(tmp_path: Path) -> None:
+    """A config found as $CCO_MONITOR_HOME/config.toml that moves state_dir survives SIGHUP."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f"state_dir = '{tmp_path / 'elsewhere'}'\n[budgets]\ndaily_usd = 5\n"
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCO_MONITOR")}
+    env["CCO_MONITOR_HOME"] = str(home)
+    proc = Proc(
+        [
+            PYTHON,
+            "-m",
+            "cco_cost_monitor",
+            "start",
+            "--foreground",
+            "--health-port",
+            str(port),
+            "--source",
+            f"http://127.0.0.1:{free_port()}/api/stream",
+        ],
+        tmp_path / "daemon.log",
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/livez", timeout=1).status_code == 200)
+
+        def limits() -> list[float]:
+            return [b["limit_usd"] for b in httpx.get(f"{url}/api/summary").json()["budgets"]]
+
+        assert limits() == [5]
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in proc.output())
+        assert limits() == [5]
+    finally:
+        proc.stop()

@@ -49,3 +49,15 @@ def test_a_broken_reload_keeps_the_running_configuration(tmp_path: Path) -> None
     write(config, "[budgets]\ndaily_usd = -1\n")
     assert not service.reload()
     assert service.settings.budgets.daily_usd == 10
+
+
+def test_reload_cannot_leave_a_non_loopback_bind_without_a_token(tmp_path: Path) -> None:
+    """Dropping the token while the bound host (restart-only) stays public is rejected."""
+    config = tmp_path / "config.toml"
+    write(config, "health_host = '0.0.0.0'\nhealth_token = 'secret-token'\n")
+    flags = {"config": str(config), "state_dir": str(tmp_path / "s")}
+    service = Service(load_settings(flags).settings, flags=flags)
+    write(config, "health_host = '127.0.0.1'\n")
+    assert not service.reload()
+    assert service.settings.health_host == "0.0.0.0"
+    assert service.settings.health_token is not None

@@ -165,6 +165,13 @@ def test_gateway_stream_parses_every_kind() -> None:
         ("analytics", '{"something": 1}', "unknown_format"),
         ("surprise", "{}", "unknown_event"),
         ("stream_event", '{"type": "nope", "request_id": "x"}', "invalid_shape"),
+        # u64 on the wire, but beyond SQLite's integers: a bad frame, not a poisoned batch
+        (
+            "analytics",
+            '{"activity": [{"timestamp": "t", "event_type": "api_call", '
+            '"tokens": 9223372036854775808}]}',
+            "invalid_shape",
+        ),
     ],
 )
 def test_bad_frames_raise_a_bounded_kind(event: str, data: str, kind: str) -> None:
