@@ -11,6 +11,7 @@ Every table is bounded: buckets are pruned by age, the model table folds names b
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -56,15 +57,16 @@ def local(moment: datetime, zone: tzinfo) -> datetime:
 def bucket_start(moment: datetime, kind: BucketKind, zone: tzinfo) -> float:
     """Epoch seconds of the start of the local minute/hour/day containing ``moment``."""
     here = local(moment, zone)
-    if kind == "minute":
-        start = here.replace(second=0, microsecond=0)
-    elif kind == "hour":
-        start = here.replace(minute=0, second=0, microsecond=0)
-    else:
-        start = here.replace(hour=0, minute=0, second=0, microsecond=0)
-        # Local midnight may not exist or be ambiguous on a DST day: normalise via UTC.
-        start = local(start, zone)
-    return start.timestamp()
+    if kind != "day":
+        # Count back on absolute time, never by rewriting wall-clock fields: in the repeated
+        # half hour of Lord Howe's fall-back, replace(minute=0) lands *outside* the hour
+        # that contains the moment (the other offset), and buckets would stop advancing.
+        # Whole seconds keep bucket keys exact (zone offsets are whole minutes).
+        back = here.second + (here.minute * 60 if kind == "hour" else 0)
+        return float(math.floor(moment.timestamp()) - back)
+    start = here.replace(hour=0, minute=0, second=0, microsecond=0)
+    # Local midnight may not exist or be ambiguous on a DST day: normalise via UTC.
+    return local(start, zone).timestamp()
 
 
 def next_bucket_start(start: float, kind: BucketKind, zone: tzinfo) -> float:
@@ -98,6 +100,8 @@ def spread(
     cursor = start if not_before is None or not_before <= start else min(not_before, end)
     while cursor < end:
         boundary_at = next_bucket_start(bucket_start(cursor, kind, zone), kind, zone)
+        # Never stall, whatever a zone's rules do: a bucket ends after the cursor.
+        boundary_at = max(boundary_at, cursor.timestamp() + 60)
         boundary = min(datetime.fromtimestamp(boundary_at, UTC), end)
         yield cursor, (boundary - cursor).total_seconds() / total
         cursor = boundary
@@ -399,9 +403,10 @@ class Engine:
         """Local start and end of ``this_hour``, ``today``, ``this_week`` or ``this_month``."""
         here = local(now, self.zone)
         if period == "this_hour":
-            start = here.replace(minute=0, second=0, microsecond=0)
+            begin = bucket_start(now, "hour", self.zone)
             # An hour is 3600 s even on a DST day (wall-clock addition would give two).
-            end = datetime.fromtimestamp(start.timestamp() + 3600, UTC).astimezone(self.zone)
+            start = datetime.fromtimestamp(begin, UTC).astimezone(self.zone)
+            end = datetime.fromtimestamp(begin + 3600, UTC).astimezone(self.zone)
             return start, end
         if period == "today":
             start = here.replace(hour=0, minute=0, second=0, microsecond=0)

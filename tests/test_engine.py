@@ -174,3 +174,34 @@ def test_a_long_gap_fills_only_the_buckets_inside_retention() -> None:
     minute_total = sum(row["cost_usd"] for row in engine.timeseries("minute"))
     assert minute_total == pytest.approx(100.0 * 3 / 240, rel=0.01)
     assert engine.total_cost() == pytest.approx(100.0)
+
+
+def test_spread_always_advances_through_lord_howes_half_hour_fall_back() -> None:
+    """A gap across Lord Howe's repeated half hour (+11 -> +10:30) is spread and ends."""
+    zone = ZoneInfo("Australia/Lord_Howe")
+    engine = Engine(zone=zone)
+    start = datetime(2026, 4, 4, 14, 50, tzinfo=UTC)  # 01:50 +11, ten minutes before the change
+    end = datetime(2026, 4, 4, 15, 20, tzinfo=UTC)  # 01:50 +10:30, the second time round
+    engine.record(Accounting("p", end, (), Unattributed("p", end, 1, 3.0, 0, "gap", start)))
+    assert sum(row["cost_usd"] for row in engine.timeseries("hour")) == pytest.approx(3.0)
+    assert sum(row["cost_usd"] for row in engine.timeseries("minute")) == pytest.approx(3.0)
+    bucket_start_ = engine.period_bounds(end, "this_hour")[0].timestamp()
+    assert bucket_start_ <= end.timestamp() < bucket_start_ + 3600
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
+    ),
+    st.sampled_from(["Australia/Lord_Howe", "Europe/Berlin", "America/Santiago", "Asia/Kolkata"]),
+    st.sampled_from(["minute", "hour", "day"]),
+)
+def test_a_bucket_always_contains_its_moment(moment: datetime, zone_name: str, kind: str) -> None:
+    """bucket_start <= moment < next_bucket_start, with whole-second starts, in any zone."""
+    from cco_cost_monitor.engine import bucket_start, next_bucket_start
+
+    zone = ZoneInfo(zone_name)
+    start = bucket_start(moment, kind, zone)  # type: ignore[arg-type]
+    assert start == int(start)
+    assert start <= moment.timestamp() < next_bucket_start(start, kind, zone)  # type: ignore[arg-type]
