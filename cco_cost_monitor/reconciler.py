@@ -320,6 +320,26 @@ class Reconciler:
             and (cost < state.last_cost - COST_EPSILON)
         )
 
+    def _grew_less_than_seen(
+        self, calls: int | None, cost: float | None, new_requests: int, events: list[AccountedEvent]
+    ) -> bool:
+        """Totals that grew by less than the new events they must include: a proxy restart.
+
+        Catches a restart the other signs miss: the monitor was away longer than the new
+        uptime, the new window is full, and the reloaded totals have climbed past the old.
+        """
+        state = self.state
+        if (
+            calls is not None
+            and state.last_calls is not None
+            and (calls - state.last_calls < new_requests)
+        ):
+            return True
+        recorded = [event.recorded_cost_usd for event in events if event.requests]
+        if cost is None or state.last_cost is None or any(c is None for c in recorded):
+            return False
+        return cost - state.last_cost < sum(c or 0.0 for c in recorded) - COST_EPSILON
+
     def _apply_snapshot(self, snap: Snapshot, observed_at: datetime) -> Accounting:
         state = self.state
         calls = snap.project.calls
@@ -338,7 +358,6 @@ class Reconciler:
             self._remember_totals(cost, calls, uptime, snapshot_at, observed_at)
             return Accounting(self.source, observed_at, first_contact=True)
 
-        restart = self._restarted(snap, keys)
         new_pairs = [
             (key, event)
             for key, event in zip(keys, snap.activity, strict=True)
@@ -348,6 +367,12 @@ class Reconciler:
             self.seen.add(key)
         events = [self._account_activity(key, event, observed_at) for key, event in new_pairs]
         new_requests = sum(event.requests for event in events)
+        # Only with a full window: a short one is judged by its tail (above), and a proxy
+        # that updated its ring before its totals must not look like a restart.
+        restart = self._restarted(snap, keys) or (
+            len(keys) >= self.window
+            and self._grew_less_than_seen(calls, cost, new_requests, events)
+        )
 
         unattributed_requests = 0
         unattributed_cost = 0.0

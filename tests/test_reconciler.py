@@ -354,3 +354,22 @@ def test_bounded_key_set_never_exceeds_capacity(keys: list[str], capacity: int) 
     assert len(memory) <= capacity
     if keys:
         assert keys[-1] in memory
+
+
+def test_restart_missed_by_uptime_and_window_is_caught_by_the_totals() -> None:
+    """Away longer than the new uptime, a full new window, totals past the old: a restart."""
+    proxy = ProxyModel()
+    reconciler = Reconciler("p", PRICES)
+    feed(reconciler, proxy)
+    proxy.save()
+    for _ in range(10):
+        proxy.call(1, 1000, "api")  # unsaved: the restarting proxy forgets them
+    feed(reconciler, proxy)
+    proxy.restart()
+    proxy.tick(900)
+    for _ in range(25):
+        proxy.call(2, 1000, "api")
+    accounting = feed(reconciler, proxy)
+    assert accounting.proxy_restart
+    assert accounting.requests == 20  # the window; the 5 beyond it are unknowable
+    assert accounting.unattributed is None or accounting.unattributed.requests >= 0
