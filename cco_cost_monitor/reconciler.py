@@ -363,9 +363,10 @@ class Reconciler:
             for key, event in zip(keys, snap.activity, strict=True)
             if key not in self.seen
         ]
+        events = [self._account_activity(key, event, observed_at) for key, event in new_pairs]
+        # Remembered only once they are accounted: a failure above leaves them unseen.
         for key, _ in new_pairs:
             self.seen.add(key)
-        events = [self._account_activity(key, event, observed_at) for key, event in new_pairs]
         new_requests = sum(event.requests for event in events)
         # Only with a full window: a short one is judged by its tail (above), and a proxy
         # that updated its ring before its totals must not look like a restart.

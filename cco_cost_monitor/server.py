@@ -127,13 +127,16 @@ class Service:
         """Account one frame: reconcile, aggregate, hand to the store writer."""
         reconciler = self.reconcilers[spec.name]
         accounting = reconciler.apply(frame, observed_at)
-        if not accounting.is_empty or accounting.proxy_error is not None:
-            self._log_accounting(accounting)
-            self.engine.record(accounting)
-        if self.writer is not None:
-            # Empty results too: a gateway `started` only changes the reconciler's state, and
-            # the writer saves state-only changes lazily.
-            self.writer.submit(accounting, reconciler.snapshot_state, self.engine.to_dict)
+        try:
+            if not accounting.is_empty or accounting.proxy_error is not None:
+                self._log_accounting(accounting)
+                self.engine.record(accounting)
+        finally:
+            # Whatever happens in the engine, the results go to disk with the reconciler
+            # state that already includes them (a restart then restores them). Empty
+            # results too: a gateway `started` only changes the reconciler's state.
+            if self.writer is not None:
+                self.writer.submit(accounting, reconciler.snapshot_state, self.engine.to_dict)
 
     def _log_accounting(self, accounting: Accounting) -> None:
         if accounting.first_contact:

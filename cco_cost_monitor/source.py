@@ -349,7 +349,9 @@ class SseSource:
             self.on_frame(self.spec, frame, now)
         except Exception as exc:
             # A bug in accounting must not take the daemon (and every other source) down:
-            # the frame is skipped and counted; the proxy's totals cover it next snapshot.
+            # the frame is counted as an internal error. What the reconciler had accounted
+            # is still saved with its state (Service.on_frame); if it failed before that,
+            # its events stay unseen and the next snapshot accounts them.
             self.state.bad_frames["internal_error"] = (
                 self.state.bad_frames.get("internal_error", 0) + 1
             )

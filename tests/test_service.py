@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import structlog
 import structlog.testing
 
@@ -61,3 +62,35 @@ def test_reload_cannot_leave_a_non_loopback_bind_without_a_token(tmp_path: Path)
     assert not service.reload()
     assert service.settings.health_host == "0.0.0.0"
     assert service.settings.health_token is not None
+
+
+def test_results_reach_the_writer_even_when_the_engine_fails(tmp_path: Path) -> None:
+    """If aggregating a frame fails, its accounting is still saved with the advanced state."""
+    from datetime import UTC, datetime
+    from typing import Any
+
+    from cco_cost_monitor.wire import parse_frame
+
+    flags = {"state_dir": str(tmp_path / "s")}
+    service = Service(load_settings(flags).settings, flags=flags)
+    submitted: list[Any] = []
+
+    class Writer:
+        def submit(self, accounting: Any, state: Any, engine: Any) -> None:
+            submitted.append((accounting, state()))
+
+    def broken(accounting: Any) -> None:
+        raise RuntimeError("bug")
+
+    service.writer = Writer()  # type: ignore[assignment]
+    spec = service.settings.sources[0]
+    now = datetime.now(UTC)
+    base = '{"project": {"cost": 1.0, "calls": 1}, "machine": {"uptime": 5}, "activity": []}'
+    service.on_frame(spec, parse_frame("analytics", base), now)
+    service.engine.record = broken  # type: ignore[method-assign]
+    grown = '{"project": {"cost": 3.0, "calls": 4}, "machine": {"uptime": 10}, "activity": []}'
+    with pytest.raises(RuntimeError):
+        service.on_frame(spec, parse_frame("analytics", grown), now)
+    accounting, state = submitted[-1]
+    assert accounting.requests == 3
+    assert state["last_calls"] == 4
