@@ -215,7 +215,13 @@ class AlertDispatcher:
                 self.counters["retries"] += 1
                 await self._sleep(self._backoff(attempt - 1))
             try:
-                response = await client.post(url, content=body, headers=headers)
+                # Per request, so that a reload's new timeout applies to the next delivery.
+                response = await client.post(
+                    url,
+                    content=body,
+                    headers=headers,
+                    timeout=self.settings.webhook_timeout_seconds,
+                )
             except httpx.HTTPError as exc:
                 reason = type(exc).__name__
                 continue

@@ -11,6 +11,7 @@ the old one kept), SIGUSR1 writes a summary to the log.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -397,6 +398,9 @@ async def serve(service: Service, on_ready: Callable[[], None] | None = None) ->
                 with anyio.CancelScope(shield=True):
                     await runner.cleanup()
                     await _close_store(service)
+            with contextlib.suppress(OSError):
+                # Only ours to remove: the lock is still held, nobody else can have started.
+                (settings.state_dir / RUNTIME_FILE).unlink()
             log.info("cco-monitor stopped")
             return 0
         finally:
@@ -410,6 +414,8 @@ def _announce(settings: Settings, port: int) -> None:
     file, says whether the daemon runs: a stale file only points at a dead port.
     """
     host = settings.health_host
+    # A wildcard bind is reached on loopback by the local clients that read this file.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
     url_host = f"[{host}]" if ":" in host else host
     document = {
         "pid": os.getpid(),

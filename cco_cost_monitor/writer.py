@@ -360,7 +360,10 @@ class StoreWriter:
             except Exception as exc:  # a bug; the results are replayed on load instead
                 log.error("engine state could not be taken", error=str(exc)[:500])
         for source, take_state in part.state_factories.items():
-            part.states[source] = orjson.dumps(take_state(), option=orjson.OPT_NON_STR_KEYS)
+            try:
+                part.states[source] = orjson.dumps(take_state(), option=orjson.OPT_NON_STR_KEYS)
+            except Exception as exc:  # a bug; keep the results, the state comes next batch
+                log.error("source state could not be taken", source=source, error=str(exc)[:500])
         part.state_factories = {}
         if part.empty and engine is None:
             self._inflight = None
