@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
@@ -120,6 +120,9 @@ class Aggregate:
     recorded_cost_usd: float = 0.0
     calculated_cost_usd: float = 0.0
     unpriced_requests: int = 0
+
+
+MODEL_FIELDS = tuple(item.name for item in fields(Aggregate))
 
 
 @dataclass
@@ -350,30 +353,12 @@ class Engine:
         return result
 
     def by_model(self) -> dict[str, dict[str, Any]]:
+        """Per model name (summed over sources): its tier and every Aggregate counter."""
         result: dict[str, dict[str, Any]] = {}
         for (_, tier, model), aggregate in self.models.items():
-            row = result.setdefault(
-                model,
-                {
-                    "tier": tier,
-                    "cost_usd": 0.0,
-                    "requests": 0,
-                    "tokens": 0,
-                    "cache_hits": 0,
-                    "overrides": 0,
-                    "recorded_cost_usd": 0.0,
-                    "calculated_cost_usd": 0.0,
-                    "unpriced_requests": 0,
-                },
-            )
-            row["cost_usd"] += aggregate.cost_usd
-            row["requests"] += aggregate.requests
-            row["tokens"] += aggregate.tokens
-            row["cache_hits"] += aggregate.cache_hits
-            row["overrides"] += aggregate.overrides
-            row["recorded_cost_usd"] += aggregate.recorded_cost_usd
-            row["calculated_cost_usd"] += aggregate.calculated_cost_usd
-            row["unpriced_requests"] += aggregate.unpriced_requests
+            row = result.setdefault(model, {"tier": tier, **dict.fromkeys(MODEL_FIELDS, 0)})
+            for name in MODEL_FIELDS:
+                row[name] += getattr(aggregate, name)
         return result
 
     def window_cost(self, now: datetime, seconds: float) -> float:

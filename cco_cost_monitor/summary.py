@@ -25,6 +25,17 @@ PERIODS = ("this_hour", "today", "this_week", "this_month")
 # A source is fresh while its last snapshot is younger than this many intervals.
 FRESH_INTERVALS = 3
 DISK_LAG_WARN_SECONDS = 5.0
+# /api/summary totals: the SourceTotals counters summed over sources (float or int).
+TOTAL_FIELDS: dict[str, float | int] = {
+    "cost_usd": 0.0,
+    "requests": 0,
+    "cache_hits": 0,
+    "model_overrides": 0,
+    "events": 0,
+    "unattributed_cost_usd": 0.0,
+    "unattributed_requests": 0,
+    "lost_events": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -175,24 +186,9 @@ def build_summary(
 ) -> dict[str, Any]:
     """The ``/api/summary`` document."""
     totals = {
-        "cost_usd": 0.0,
-        "requests": 0,
-        "cache_hits": 0,
-        "model_overrides": 0,
-        "events": 0,
-        "unattributed_cost_usd": 0.0,
-        "unattributed_requests": 0,
-        "lost_events": 0,
+        name: sum((getattr(source, name) for source in engine.sources.values()), start)
+        for name, start in TOTAL_FIELDS.items()
     }
-    for source_totals in engine.sources.values():
-        totals["cost_usd"] += source_totals.cost_usd
-        totals["requests"] += source_totals.requests
-        totals["cache_hits"] += source_totals.cache_hits
-        totals["model_overrides"] += source_totals.model_overrides
-        totals["events"] += source_totals.events
-        totals["unattributed_cost_usd"] += source_totals.unattributed_cost_usd
-        totals["unattributed_requests"] += source_totals.unattributed_requests
-        totals["lost_events"] += source_totals.lost_events
     periods = {}
     for period in PERIODS:
         cost, requests = engine.period_totals(now, period)
