@@ -172,6 +172,7 @@ def main(ctx: click.Context) -> None:
 def start(foreground: bool, **options: Any) -> None:
     """Start the monitor (in the background unless --foreground)."""
     from cco_cost_monitor import daemon, sdnotify  # noqa: PLC0415
+    from cco_cost_monitor.client import running_url  # noqa: PLC0415
     from cco_cost_monitor.logs import configure_logging  # noqa: PLC0415
 
     loaded, flags = _load(options)
@@ -227,7 +228,7 @@ def start(foreground: bool, **options: Any) -> None:
         daemon.start_background(
             pid_path=settings.pid_path,
             log_path=settings.log_path,
-            health_url=f"{settings.health_url}/health",
+            health_url=lambda: f"{running_url(settings.state_dir) or settings.health_url}/health",
             service=service,
         )
     )

@@ -75,7 +75,7 @@ def start_background(
     *,
     pid_path: Path,
     log_path: Path,
-    health_url: str,
+    health_url: str | Callable[[], str],
     service: Service,
     ready_timeout: float = 20.0,
     out: TextIO | None = None,
@@ -118,7 +118,9 @@ def start_background(
 
     verb, _, rest = line.partition(" ")
     if verb == "ready":
-        _say(out, f"cco-monitor started (pid {rest})\nhealth: {health_url}\nlog: {log_path}")
+        # A callable is asked only now: the child has bound its port (it may have been 0).
+        url = health_url() if callable(health_url) else health_url
+        _say(out, f"cco-monitor started (pid {rest})\nhealth: {url}\nlog: {log_path}")
         return EXIT_OK
     if verb == "running":
         _say(err, _already_running(_parse_int(rest)))
