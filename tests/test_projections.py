@@ -21,32 +21,24 @@ from cco_cost_monitor.projections import (
     project,
 )
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting
+from tests.builders import accounted_event
 
 BERLIN = ZoneInfo("Europe/Berlin")
 _keys = count()
 
 
 def event(at: datetime, cost: float, tier: str = "sonnet") -> AccountedEvent:
-    return AccountedEvent(
+    return accounted_event(
         source="s",
         key=f"k{next(_keys)}",
         occurred_at=at,
+        cost=cost,
+        tier=tier,
         event_type="api",
         model="m",
-        tier=tier,  # type: ignore[arg-type]
-        requests=1,
-        cache_hits=0,
         tokens=None,
-        input_tokens=None,
-        output_tokens=None,
         latency_ms=None,
         status=None,
-        cost_usd=cost,
-        recorded_cost_usd=cost,
-        calculated_cost_usd=None,
-        cost_basis="recorded",
-        priced=True,
-        price_version="t",
     )
 
 
