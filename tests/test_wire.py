@@ -11,6 +11,7 @@ from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cco_cost_monitor import wire as wire_module
 from cco_cost_monitor.errors import WireError
 from cco_cost_monitor.pricing import PriceTable
 from cco_cost_monitor.reconciler import Reconciler
@@ -223,6 +224,22 @@ def test_event_identity_keeps_nanoseconds() -> None:
         {"activity": [{**base, "timestamp": "2025-11-17T18:27:01.482913518+00:00"}]}
     ).activity[0]
     assert event_key(first) != event_key(second)
+
+
+@given(
+    moment=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
+    digits=st.text("0123456789", max_size=12),
+    separator=st.sampled_from(["T", " "]),
+    zone=st.sampled_from(["+00:00", "Z", "z", "+05:30", "-08:00", "", "+0530"]),
+    padding=st.sampled_from(["", " "]),
+)
+def test_fast_timestamp_path_agrees_with_the_lenient_parser(
+    moment: datetime, digits: str, separator: str, zone: str, padding: str
+) -> None:
+    """fromisoformat's fast path reads every RFC 3339 shape exactly as the normalising one."""
+    fraction = f".{digits}" if digits else ""
+    text = f"{padding}{moment.strftime(f'%Y-%m-%d{separator}%H:%M:%S')}{fraction}{zone}{padding}"
+    assert parse_timestamp(text) == wire_module._parse_lenient(text)
 
 
 @given(st.text(max_size=60))
