@@ -25,6 +25,7 @@ __all__ = [
     "MAX_MODELS",
     "Aggregate",
     "BucketKind",
+    "BucketStarts",
     "Engine",
     "SourceTotals",
     "bucket_start",
@@ -78,6 +79,37 @@ def next_bucket_start(start: float, kind: BucketKind, zone: tzinfo) -> float:
     here = local(datetime.fromtimestamp(start, UTC), zone)
     tomorrow = (here + timedelta(days=1, hours=3)).replace(hour=0, minute=0, second=0)
     return local(tomorrow, zone).timestamp()
+
+
+class BucketStarts:
+    """Minute, hour and day bucket starts of an epoch time, memoised per UTC minute.
+
+    Every zone's offset is a whole number of minutes, so the local minute starts with the
+    UTC minute and the three starts depend only on it. Bounded: the memo is cleared past
+    4096 minutes (events of one run mostly share a few).
+    """
+
+    __slots__ = ("_memo", "zone")
+
+    def __init__(self, zone: tzinfo) -> None:
+        self.zone = zone
+        self._memo: dict[float, tuple[float, float, float]] = {}
+
+    def of(self, at: float) -> tuple[float, float, float]:
+        """The starts for ``at`` (epoch seconds)."""
+        minute = at // 60 * 60
+        starts = self._memo.get(minute)
+        if starts is None:
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            moment = datetime.fromtimestamp(minute, UTC)
+            starts = (
+                minute,
+                bucket_start(moment, "hour", self.zone),
+                bucket_start(moment, "day", self.zone),
+            )
+            self._memo[minute] = starts
+        return starts
 
 
 def spread(
@@ -177,7 +209,7 @@ class Engine:
         self.first_observation: datetime | None = None
         self.last_event_at: dict[str, datetime] = {}
         self.unpriced_models: dict[str, int] = {}
-        self._start_cache: dict[float, tuple[float, float, float]] = {}
+        self._starts = BucketStarts(zone)
 
     # -- recording ---------------------------------------------------------------------
 
@@ -260,7 +292,7 @@ class Engine:
                     sums[0] += cost
                     sums[1] += requests
         for (minute_at, group_tier), (group_cost, group_requests) in grouped.items():
-            minute, hour, day = self._starts_of_minute(minute_at)
+            minute, hour, day = self._starts.of(minute_at)
             for table, start in ((minute_table, minute), (hour_table, hour), (day_table, day)):
                 bucket = table.get(start)
                 if bucket is None:
@@ -294,28 +326,6 @@ class Engine:
             if aggregate is None:
                 aggregate = self.models[key] = Aggregate()
         return aggregate
-
-    def _starts(self, moment: datetime) -> tuple[float, float, float]:
-        """Minute, hour and day bucket starts of ``moment`` (memoised per UTC minute).
-
-        Every zone's offset is a whole number of minutes, so the local minute starts with
-        the UTC minute and the three starts depend only on it.
-        """
-        return self._starts_of_minute(moment.timestamp() // 60 * 60)
-
-    def _starts_of_minute(self, minute: float) -> tuple[float, float, float]:
-        starts = self._start_cache.get(minute)
-        if starts is None:
-            if len(self._start_cache) > 4096:
-                self._start_cache.clear()
-            at = datetime.fromtimestamp(minute, UTC)
-            starts = (
-                minute,
-                bucket_start(at, "hour", self.zone),
-                bucket_start(at, "day", self.zone),
-            )
-            self._start_cache[minute] = starts
-        return starts
 
     def _bucket(self, kind: BucketKind, moment: datetime) -> Bucket:
         start = bucket_start(moment, kind, self.zone)

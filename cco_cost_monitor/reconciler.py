@@ -466,38 +466,47 @@ class Reconciler:
     def _account_activity(
         self, key: str, event: ActivityEvent, observed_at: datetime
     ) -> AccountedEvent:
-        is_request = event.event_type in REQUEST_EVENT_TYPES
+        # The ingestion hot path: one branch per event type, positional construction.
+        event_type = event.event_type
+        model = event.model
         recorded = None if event.cost is None else float(event.cost)
         calculated: float | None = None
         priced = True
-        if event.event_type == "api_call" and event.tokens is not None:
-            calculated = self.prices.combined_usd(event.model, event.tokens)
-            priced = calculated is not None
-        elif event.event_type == "api_call":
-            priced = self.prices.match(event.model) is not None
-        elif event.event_type == "cache_hit":
+        requests = 1
+        if event_type == "api_call":
+            if event.tokens is not None:
+                calculated = self.prices.combined_usd(model, event.tokens)
+                priced = calculated is not None
+            else:
+                priced = self.prices.match(model) is not None
+        elif event_type == "cache_hit":
             calculated = 0.0
-        cost, basis = counted_cost(recorded, calculated) if is_request else (0.0, "none")
+        else:
+            requests = 0
+        cost: float = 0.0
+        basis: CostBasis = "none"
+        if requests:
+            cost, basis = counted_cost(recorded, calculated)
         return AccountedEvent(
-            source=self.source,
-            key=key,
-            occurred_at=parse_timestamp(event.timestamp) or observed_at,
-            event_type=event.event_type,
-            model=event.model,
-            tier=tier_of(event.model),
-            requests=1 if is_request else 0,
-            cache_hits=1 if event.event_type == "cache_hit" else 0,
-            tokens=event.tokens,
-            input_tokens=None,
-            output_tokens=None,
-            latency_ms=event.latency_ms,
-            status=event.status,
-            cost_usd=cost,
-            recorded_cost_usd=recorded,
-            calculated_cost_usd=calculated,
-            cost_basis=basis,
-            priced=priced,
-            price_version=self.prices.version,
+            self.source,
+            key,
+            parse_timestamp(event.timestamp) or observed_at,
+            event_type,
+            model,
+            tier_of(model),
+            requests,
+            1 if event_type == "cache_hit" else 0,
+            event.tokens,
+            None,  # input_tokens: this stream sends one combined count
+            None,  # output_tokens
+            event.latency_ms,
+            event.status,
+            cost,
+            recorded,
+            calculated,
+            basis,
+            priced,
+            self.prices.version,
         )
 
     def _apportion(

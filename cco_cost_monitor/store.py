@@ -13,9 +13,10 @@ A :class:`Batch` carries accounted results together with the reconciler state of
 therefore leaves the file at the end of some batch, with every source's de-duplication memory
 matching exactly the events stored with it. On restart the proxy replays its last window; the
 restored reconciler recognises what it already counted and accounts the rest (as events, or as
-unattributed growth of the proxy's totals). ``events`` has primary key ``(source, key)`` and is
-written with ``INSERT OR IGNORE``: a replayed event can never be stored twice (if one is ignored,
-:class:`CommitResult` counts it and :meth:`Store.check` reports the disagreement).
+unattributed growth of the proxy's totals). ``events`` has primary key ``(occurred_at, source,
+key)`` (time first, so that inserts append) and is written with ``INSERT OR IGNORE``: a replayed
+event can never be stored twice (if one is ignored, :class:`CommitResult` counts it and
+:meth:`Store.check` reports the disagreement).
 
 The engine's counters (``Engine.to_dict()``, ~80 kB once its buckets fill) are not rewritten in
 every batch: that would write gigabytes a day. A batch may carry them (``Batch.engine``); every
@@ -50,9 +51,10 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO, cast
 
@@ -62,8 +64,8 @@ from cco_cost_monitor.engine import (
     MAX_CLOCK_SKEW,
     UNATTRIBUTED,
     BucketKind,
+    BucketStarts,
     bucket_start,
-    next_bucket_start,
     spread,
 )
 from cco_cost_monitor.errors import StoreError
@@ -271,9 +273,66 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Events keyed by (occurred_at, source, key): inserts append instead of landing at random.
+
+    The old primary key (source, key) put every new row at a random place in a B-tree (keys
+    are digests); events arrive in time order, so a key that starts with the time appends
+    at the B-tree's edge (with multi-row inserts, 65k -> 187k events/s in
+    bench/bench_store.py at 100k stored rows, and the gap grows with the table).
+    ``occurred_at`` comes from the event's own timestamp, so an event stored twice still
+    collides; the same key range also serves every time-range query, which makes the
+    separate ``events_occurred_at`` index redundant.
+    """
+    _run_script(
+        conn,
+        """
+        CREATE TABLE events_v3 (
+            source              TEXT    NOT NULL,
+            key                 TEXT    NOT NULL,
+            occurred_at         REAL    NOT NULL,  -- epoch seconds
+            occurred_at_iso     TEXT    NOT NULL,  -- as accounted, with its offset
+            observed_at_iso     TEXT    NOT NULL,  -- when the monitor saw the frame
+            event_type          TEXT    NOT NULL,
+            model               TEXT,
+            tier                TEXT    NOT NULL,
+            requests            INTEGER NOT NULL,
+            cache_hits          INTEGER NOT NULL,
+            tokens              INTEGER,
+            input_tokens        INTEGER,
+            output_tokens       INTEGER,
+            latency_ms          INTEGER,
+            status              TEXT,
+            cost_usd            REAL    NOT NULL,
+            recorded_cost_usd   REAL,
+            calculated_cost_usd REAL,
+            cost_basis          TEXT    NOT NULL,
+            priced              INTEGER NOT NULL,
+            price_version       TEXT    NOT NULL,
+            batch               INTEGER NOT NULL,  -- the commit it arrived in
+            result              INTEGER NOT NULL,  -- its Accounting's index in that batch
+            PRIMARY KEY (occurred_at, source, key)
+        );
+        INSERT INTO events_v3
+            SELECT source, key, occurred_at, occurred_at_iso, observed_at_iso, event_type,
+                model, tier, requests, cache_hits, tokens, input_tokens, output_tokens,
+                latency_ms, status, cost_usd, recorded_cost_usd, calculated_cost_usd,
+                cost_basis, priced, price_version, batch, result
+            FROM events ORDER BY rowid;
+        DROP TABLE events;
+        ALTER TABLE events_v3 RENAME TO events;
+        CREATE INDEX events_batch ON events (batch);
+        """,
+    )
+
+
 #: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``, inside the transaction
 #: that also sets ``PRAGMA user_version``. Append only; never edit a released migration.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -560,6 +619,41 @@ _AGGREGATE_COLUMNS = (
 )
 
 
+_EVENT_ARITY = _EVENT_COLUMNS.count(",") + 1
+#: Largest multi-row INSERT (rows); smaller ones halve down to 1 (few distinct statements).
+_MAX_ROWS_PER_INSERT = 256
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, head: str, arity: int, rows: Sequence[tuple[Any, ...]], most: int
+) -> None:
+    """``INSERT ... VALUES (..),(..),..`` of ``rows``, up to ``most`` rows per statement.
+
+    Why not ``executemany``: it steps once per row, releasing and re-taking the GIL around
+    every step. While the event loop thread is busy, each re-take can wait a whole switch
+    interval (5 ms), which throttled the writer to a few thousand rows/s under load; one
+    step per hundreds of rows keeps SQLite's work outside the GIL (bench/README.md).
+    Statement sizes are powers of two, so the statement cache holds a handful of shapes.
+    """
+    one = "(" + ",".join("?" * arity) + ")"
+    start = 0
+    size = most
+    while start < len(rows) and size >= 1:
+        count = (len(rows) - start) // size
+        if count:
+            sql = head + ",".join([one] * size)
+            end = start + count * size
+            conn.executemany(
+                sql,
+                [
+                    tuple(chain.from_iterable(rows[first : first + size]))
+                    for first in range(start, end, size)
+                ],
+            )
+            start = end
+        size //= 2
+
+
 def _event_from_row(row: Sequence[Any]) -> AccountedEvent:
     return AccountedEvent(
         source=row[0],
@@ -619,26 +713,21 @@ class _Aggregates:
     def __init__(self, zone: tzinfo) -> None:
         self.zone = zone
         self.rows: dict[tuple[BucketKind, float, str, str, str], list[float]] = {}
-        # The last bucket seen per kind: a batch's events mostly share their hour and day.
-        self._last: dict[BucketKind, tuple[float, float]] = {}
-
-    def _start(self, kind: BucketKind, moment: datetime) -> float:
-        at = moment.timestamp()
-        last = self._last.get(kind)
-        if last is not None and last[0] <= at < last[1]:
-            return last[0]
-        start = bucket_start(moment, kind, self.zone)
-        self._last[kind] = (start, next_bucket_start(start, kind, self.zone))
-        return start
+        self._starts = BucketStarts(zone)
 
     def _add(
         self,
         kind: BucketKind,
         moment: datetime,
         key: tuple[str, str, str],
-        values: tuple[float, int, int, int, int],
+        values: Sequence[float],
     ) -> None:
-        start = self._start(kind, moment)
+        start = bucket_start(moment, kind, self.zone)
+        self._add_at(kind, start, key, values)
+
+    def _add_at(
+        self, kind: BucketKind, start: float, key: tuple[str, str, str], values: Sequence[float]
+    ) -> None:
         row_key = (kind, start, *key)
         row = self.rows.get(row_key)
         if row is None:
@@ -650,12 +739,34 @@ class _Aggregates:
             row[3] += values[3]
             row[4] += values[4]
 
-    def event(self, event: AccountedEvent, observed_at: datetime) -> None:
-        moment = min(event.occurred_at, observed_at + MAX_CLOCK_SKEW)
-        key = (event.source, event.tier, event.model or "")
-        values = (event.cost_usd, event.requests, event.tokens or 0, event.cache_hits, 1)
-        self._add("hour", moment, key, values)
-        self._add("day", moment, key, values)
+    def events(self, events: Iterable[AccountedEvent], observed_at: datetime) -> None:
+        """Add the events of one result (the writer's hot path: grouped before touching rows)."""
+        latest = (observed_at + MAX_CLOCK_SKEW).timestamp()
+        starts_of = self._starts.of
+        grouped: dict[tuple[float, float, str, str, str], list[float]] = {}
+        for event in events:
+            at = event.occurred_at.timestamp()
+            _, hour, day = starts_of(at if at < latest else latest)
+            group = (hour, day, event.source, event.tier, event.model or "")
+            sums = grouped.get(group)
+            if sums is None:
+                grouped[group] = [
+                    event.cost_usd,
+                    event.requests,
+                    event.tokens or 0,
+                    event.cache_hits,
+                    1,
+                ]
+            else:
+                sums[0] += event.cost_usd
+                sums[1] += event.requests
+                sums[2] += event.tokens or 0
+                sums[3] += event.cache_hits
+                sums[4] += 1
+        for (hour, day, *key), sums in grouped.items():
+            model_key = (key[0], key[1], key[2])
+            self._add_at("hour", hour, model_key, sums)
+            self._add_at("day", day, model_key, sums)
 
     def unattributed(self, remainder: Unattributed, observed_at: datetime) -> None:
         """Spread like the engine does: cost over [since, occurred_at], requests at the end."""
@@ -715,6 +826,9 @@ class Store:
         self._lock = threading.RLock()
         self._closed = False
         self._last_batch = 0
+        # SQLite builds before 3.32 allow 999 parameters per statement, later ones 32766.
+        most_rows = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _EVENT_ARITY
+        self._rows_per_insert = 1 << (min(most_rows, _MAX_ROWS_PER_INSERT).bit_length() - 1)
         if not readonly:
             self._last_batch = self._read_last_batch()
 
@@ -947,11 +1061,8 @@ class Store:
         aggregates = _Aggregates(self.zone)
         unattributed = 0
         event_rows: list[tuple[Any, ...]] = []
-        counted: list[tuple[AccountedEvent, datetime]] = []
-        insert_event = (
-            f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) "  # noqa: S608
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-        )
+        counted: list[Accounting] = []
+        insert_event = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES "  # noqa: S608
         for index, accounting in enumerate(batch.results):
             observed_iso = _iso(accounting.observed_at)
             if accounting.first_contact:
@@ -959,6 +1070,8 @@ class Store:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                     (f"first_contact:{accounting.source}", observed_iso),
                 )
+            if accounting.events:
+                counted.append(accounting)
             for event in accounting.events:
                 event_rows.append(
                     (
@@ -987,7 +1100,6 @@ class Store:
                         index,
                     )
                 )
-                counted.append((event, accounting.observed_at))
             remainder = accounting.unattributed
             if remainder is not None:
                 unattributed += 1
@@ -1012,16 +1124,21 @@ class Store:
                 )
                 aggregates.unattributed(remainder, accounting.observed_at)
         before = conn.total_changes
-        conn.executemany(insert_event, event_rows)
+        _insert_rows(conn, insert_event, _EVENT_ARITY, event_rows, self._rows_per_insert)
         inserted = conn.total_changes - before
         ignored = len(event_rows) - inserted
-        if ignored:
-            # Rare: some events were stored before. Those stored now carry this batch's id;
-            # only they (once each) go into the aggregates.
-            fresh = set(conn.execute("SELECT source, key FROM events WHERE batch = ?", (batch_id,)))
-            counted = [pair for pair in counted if _take(fresh, (pair[0].source, pair[0].key))]
-        for event, observed_at in counted:
-            aggregates.event(event, observed_at)
+        # Rare: some events were stored before. Those stored now carry this batch's id; only
+        # they (once each) go into the aggregates.
+        fresh = (
+            set(conn.execute("SELECT source, key FROM events WHERE batch = ?", (batch_id,)))
+            if ignored
+            else None
+        )
+        for accounting in counted:
+            events: Sequence[AccountedEvent] = accounting.events
+            if fresh is not None:
+                events = [event for event in events if _take(fresh, (event.source, event.key))]
+            aggregates.events(events, accounting.observed_at)
         aggregates.write(conn)
         conn.executemany(
             "INSERT INTO source_state (source, state, batch, updated_at) VALUES (?,?,?,?) "

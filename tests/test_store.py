@@ -20,6 +20,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cco_cost_monitor import store as store_module
 from cco_cost_monitor.engine import Engine
@@ -170,6 +172,32 @@ def test_version_1_database_is_migrated_to_the_current_schema(
         restored = store.load()
     assert [(alert.message, alert.tier) for alert in restored.alerts] == [("half", None)]
     assert restored.component_states == {"budgets": {"fired": [0.5]}}
+
+
+def test_version_2_events_are_rekeyed_by_time_and_keep_their_order(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 3 re-keys events by (occurred_at, source, key); rows, order and dedupe survive."""
+    later, earlier = make_event(1, T0 + timedelta(minutes=5)), make_event(2, T0)
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
+        patch.setattr(store_module, "SCHEMA_VERSION", 2)
+        with Store.open(db_path) as old:
+            old.commit_batch(Batch([make_accounting([later]), make_accounting([earlier])]))
+    with Store.open(db_path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert [event.key for event in store.events(newest_first=False)] == ["key-2", "key-1"]
+        again = store.commit_batch(Batch([make_accounting([later, make_event(3)])]))
+        restored = store.load()
+    assert (again.events_inserted, again.events_ignored) == (1, 1)
+    assert [event.key for event in restored.events] == ["key-1", "key-2", "key-3"]  # arrival
+    with closing(raw(db_path)) as conn:
+        columns = conn.execute("PRAGMA table_info(events)").fetchall()
+        primary_key = [row[1] for row in sorted(columns, key=lambda row: row[5]) if row[5]]
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
+    assert primary_key == ["occurred_at", "source", "key"]
+    assert "events_batch" in indexes
+    assert "events_occurred_at" not in indexes
 
 
 def test_forward_migration_keeps_existing_rows(
@@ -546,7 +574,7 @@ def test_damaged_pages_are_reported_by_check(db_path: Path) -> None:
             store.commit_batch(Batch([make_accounting([make_event(index)])]))
     with closing(raw(db_path)) as conn:
         (root,) = conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'events_occurred_at'"
+            "SELECT rootpage FROM sqlite_master WHERE name = 'events_batch'"
         ).fetchone()
         (page_size,) = conn.execute("PRAGMA page_size").fetchone()
     with db_path.open("r+b") as handle:
@@ -796,3 +824,14 @@ def test_check_reports_state_that_disagrees_with_rows(store: Store) -> None:
     failed = [line for line in store.check() if line.startswith(CHECK_FAIL)]
     assert len(failed) == 1
     assert "attributed cost 9.000000 in state != 0.010000 stored" in failed[0]
+
+
+@given(count=st.integers(0, 700), most=st.sampled_from([1, 2, 8, 256]))
+@settings(max_examples=60, deadline=None)
+def test_multi_row_inserts_write_every_row_once_in_order(count: int, most: int) -> None:
+    """Rows go in by statements of up to ``most`` rows: each row once, in the given order."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (a INTEGER, b TEXT)")
+        rows = [(index, f"row-{index}") for index in range(count)]
+        store_module._insert_rows(conn, "INSERT INTO t (a, b) VALUES ", 2, rows, most)
+        assert conn.execute("SELECT a, b FROM t ORDER BY rowid").fetchall() == rows
