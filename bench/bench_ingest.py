@@ -110,11 +110,13 @@ def parse_ceiling(frames: list[bytes], rounds: int = 3) -> tuple[float, float, i
     return new_events / best, new_events / max(best_cpu, 1e-9), window
 
 
-def profile(pid: int, seconds: int, out: Path, idle: bool = False) -> None:
+def profile(pid: int, seconds: int, out: Path, idle: bool = False, gil: bool = False) -> None:
     """py-spy record (speedscope) on the daemon; print the top functions.
 
     Weights are seconds of samples; with ``idle`` the samples where a thread waits (poll,
-    locks, fsync) are kept too, which shows what the event loop waits for.
+    locks, fsync) are kept too, which shows what the event loop waits for. With ``gil``
+    only samples of the thread holding the GIL count: the daemon runs at most one core of
+    Python, so that is the budget both threads share.
     """
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -136,6 +138,7 @@ def profile(pid: int, seconds: int, out: Path, idle: bool = False) -> None:
             str(out),
             "--nonblocking",
             *(["--idle"] if idle else []),
+            *(["--gil"] if gil else []),
         ],
         capture_output=True,
         text=True,
@@ -147,10 +150,11 @@ def profile(pid: int, seconds: int, out: Path, idle: bool = False) -> None:
         return
     doc = json.loads(out.read_text())
     frames = doc["shared"]["frames"]
-    label = "incl. idle" if idle else "on-CPU only"
+    label = "GIL holder only" if gil else "incl. idle" if idle else "on-CPU only"
     print(f"   py-spy ({label}), {seconds} s, {out.name}: top 10 functions by own time per thread")
     for prof in doc["profiles"]:
         own: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
         total_weight = sum(prof["weights"])
         for stack, weight in zip(prof["samples"], prof["weights"], strict=True):
             if stack:
@@ -158,8 +162,15 @@ def profile(pid: int, seconds: int, out: Path, idle: bool = False) -> None:
                 own[
                     f"{leaf['name']} ({Path(leaf.get('file', '?')).name}:{leaf.get('line', '?')})"
                 ] += weight
+                for name in {frames[index]["name"] for index in stack}:
+                    inclusive[name] += weight
         print(f"     {prof.get('name', '?')}: {total_weight:.1f} s sampled")
         for name, weight in own.most_common(10):
+            print(f"       {100 * weight / total_weight:5.1f} %  {name}")
+        print("       -- by total (function and what it calls):")
+        # The thread's entry frames (in every sample) say nothing: skip those above 85 %.
+        below = [(n, w) for n, w in inclusive.most_common() if w < 0.85 * total_weight]
+        for name, weight in below[:14]:
             print(f"       {100 * weight / total_weight:5.1f} %  {name}")
 
 
@@ -168,6 +179,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--profile", type=int, default=0, help="py-spy seconds (0 = none)")
     parser.add_argument("--idle-profile", action="store_true", help="also profile with --idle")
+    parser.add_argument("--gil-profile", action="store_true", help="also profile with --gil")
     args = parser.parse_args()
     banner("ingest: daemon vs simulate --flood")
     with temp_dir("ingest") as work:
@@ -181,6 +193,9 @@ def main() -> None:
                 profile(monitor.pid, args.profile, work / "ingest.speedscope.json")
                 if args.idle_profile:
                     profile(monitor.pid, args.profile, work / "ingest-idle.speedscope.json", True)
+                if args.gil_profile:
+                    path = work / "ingest-gil.speedscope.json"
+                    profile(monitor.pid, args.profile, path, gil=True)
             monitor.stop()
             monitor = None
             frames = record_frames(sim.stream_url, 4.0)
