@@ -14,8 +14,8 @@ therefore leaves the file at the end of some batch, with every source's de-dupli
 matching exactly the events stored with it. On restart the proxy replays its last window; the
 restored reconciler recognises what it already counted and accounts the rest (as events, or as
 unattributed growth of the proxy's totals). ``events`` has primary key ``(occurred_at, source,
-key)`` (time first, so that inserts append) and is written with ``INSERT OR IGNORE``: a replayed
-event can never be stored twice (if one is ignored, :class:`CommitResult` counts it and
+key)`` (time first, so that inserts append) and is written with ``ON CONFLICT DO NOTHING``: a
+replayed event can never be stored twice (if one is ignored, :class:`CommitResult` counts it and
 :meth:`Store.check` reports the disagreement).
 
 The engine's counters (``Engine.to_dict()``, ~80 kB once its buckets fill) are not rewritten in
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import operator
 import os
 import sqlite3
 import threading
@@ -54,7 +55,6 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO, cast
 
@@ -283,6 +283,10 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     ``occurred_at`` comes from the event's own timestamp, so an event stored twice still
     collides; the same key range also serves every time-range query, which makes the
     separate ``events_occurred_at`` index redundant.
+
+    ``occurred_at_iso`` goes: formatting it took a tenth of the writer's time, and the epoch
+    seconds already give the instant back to the microsecond (a double's spacing there is
+    below half a microsecond until the year 2242), read back in UTC.
     """
     _run_script(
         conn,
@@ -290,8 +294,7 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         CREATE TABLE events_v3 (
             source              TEXT    NOT NULL,
             key                 TEXT    NOT NULL,
-            occurred_at         REAL    NOT NULL,  -- epoch seconds
-            occurred_at_iso     TEXT    NOT NULL,  -- as accounted, with its offset
+            occurred_at         REAL    NOT NULL,  -- epoch seconds, exact to the microsecond
             observed_at_iso     TEXT    NOT NULL,  -- when the monitor saw the frame
             event_type          TEXT    NOT NULL,
             model               TEXT,
@@ -314,7 +317,7 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
             PRIMARY KEY (occurred_at, source, key)
         );
         INSERT INTO events_v3
-            SELECT source, key, occurred_at, occurred_at_iso, observed_at_iso, event_type,
+            SELECT source, key, occurred_at, observed_at_iso, event_type,
                 model, tier, requests, cache_hits, tokens, input_tokens, output_tokens,
                 latency_ms, status, cost_usd, recorded_cost_usd, calculated_cost_usd,
                 cost_basis, priced, price_version, batch, result
@@ -601,13 +604,31 @@ def _classify(path: Path, exc: BaseException, doing: str) -> StoreError:
     return StoreError(message)
 
 
-_EVENT_COLUMNS = (
-    "source, key, occurred_at, occurred_at_iso, observed_at_iso, event_type, model, tier, "
-    "requests, cache_hits, tokens, input_tokens, output_tokens, latency_ms, status, cost_usd, "
-    "recorded_cost_usd, calculated_cost_usd, cost_basis, priced, price_version, batch, result"
+# The AccountedEvent fields stored as they are, read in one C call per event (writer hot path).
+_EVENT_FIELDS = (
+    "source",
+    "key",
+    "event_type",
+    "model",
+    "tier",
+    "requests",
+    "cache_hits",
+    "tokens",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "status",
+    "cost_usd",
+    "recorded_cost_usd",
+    "calculated_cost_usd",
+    "cost_basis",
+    "priced",
+    "price_version",
 )
+_event_values = operator.attrgetter(*_EVENT_FIELDS)
+_EVENT_COLUMNS = ", ".join((*_EVENT_FIELDS, "occurred_at", "observed_at_iso", "batch", "result"))
 _EVENT_SELECT = (
-    "source, key, occurred_at_iso, event_type, model, tier, requests, cache_hits, tokens, "
+    "source, key, occurred_at, event_type, model, tier, requests, cache_hits, tokens, "
     "input_tokens, output_tokens, latency_ms, status, cost_usd, recorded_cost_usd, "
     "calculated_cost_usd, cost_basis, priced, price_version"
 )
@@ -620,34 +641,60 @@ _AGGREGATE_COLUMNS = (
 
 
 _EVENT_ARITY = _EVENT_COLUMNS.count(",") + 1
+_AGGREGATE_ARITY = _AGGREGATE_COLUMNS.count(",") + 1
 #: Largest multi-row INSERT (rows); smaller ones halve down to 1 (few distinct statements).
-_MAX_ROWS_PER_INSERT = 256
+_MAX_ROWS_PER_INSERT = 1024
+_AGGREGATE_UPSERT = (
+    " ON CONFLICT (bucket_start, source, tier, model) DO UPDATE SET "
+    "cost_usd = cost_usd + excluded.cost_usd, "
+    "requests = requests + excluded.requests, "
+    "tokens = tokens + excluded.tokens, "
+    "cache_hits = cache_hits + excluded.cache_hits, "
+    "events = events + excluded.events"
+)
+
+
+def _rows_per_insert(variable_limit: int, arity: int) -> int:
+    """The largest power of two of rows of ``arity`` values that one statement may bind.
+
+    SQLite builds before 3.32 allow 999 parameters per statement, later ones 32766.
+    """
+    most = max(1, min(variable_limit // arity, _MAX_ROWS_PER_INSERT))
+    return 1 << (most.bit_length() - 1)
 
 
 def _insert_rows(
-    conn: sqlite3.Connection, head: str, arity: int, rows: Sequence[tuple[Any, ...]], most: int
+    conn: sqlite3.Connection,
+    head: str,
+    arity: int,
+    values: Sequence[Any],
+    most: int,
+    tail: str = "",
 ) -> None:
-    """``INSERT ... VALUES (..),(..),..`` of ``rows``, up to ``most`` rows per statement.
+    """``head (..),(..),.. tail`` for ``values``, rows of ``arity`` in one flat sequence.
 
-    Why not ``executemany``: it steps once per row, releasing and re-taking the GIL around
-    every step. While the event loop thread is busy, each re-take can wait a whole switch
-    interval (5 ms), which throttled the writer to a few thousand rows/s under load; one
-    step per hundreds of rows keeps SQLite's work outside the GIL (bench/README.md).
-    Statement sizes are powers of two, so the statement cache holds a handful of shapes.
+    Up to ``most`` rows per statement. Why not ``executemany`` of one row: it steps once per
+    row, releasing and re-taking the GIL around every step. While the event loop thread is
+    busy, each re-take can wait a whole switch interval, which throttled the writer to a few
+    thousand rows/s under load; one step per hundreds of rows keeps SQLite's work outside
+    the GIL (bench/README.md). Statement sizes are powers of two, so the statement cache
+    holds a handful of shapes.
     """
     one = "(" + ",".join("?" * arity) + ")"
+    rows = len(values) // arity
     start = 0
     size = most
-    while start < len(rows) and size >= 1:
-        count = (len(rows) - start) // size
+    while start < rows and size >= 1:
+        count = (rows - start) // size
         if count:
-            sql = head + ",".join([one] * size)
+            sql = head + ",".join([one] * size) + tail
             end = start + count * size
+            width = size * arity
             conn.executemany(
                 sql,
                 [
-                    tuple(chain.from_iterable(rows[first : first + size]))
-                    for first in range(start, end, size)
+                    values[first : first + width]
+                    for first in range(start * arity, end * arity, width)
                 ],
             )
             start = end
@@ -658,7 +705,7 @@ def _event_from_row(row: Sequence[Any]) -> AccountedEvent:
     return AccountedEvent(
         source=row[0],
         key=row[1],
-        occurred_at=datetime.fromisoformat(row[2]),
+        occurred_at=datetime.fromtimestamp(row[2], UTC),
         event_type=row[3],
         model=row[4],
         tier=cast(Tier, row[5]),
@@ -779,23 +826,16 @@ class _Aggregates:
                 self._add(kind, moment, key, (remainder.cost_usd * share, 0, 0, 0, 0))
             self._add(kind, end, key, (0.0, remainder.requests, 0, 0, 0))
 
-    def write(self, conn: sqlite3.Connection) -> None:
+    def write(self, conn: sqlite3.Connection, most: int) -> None:
+        """Upsert the rows, up to ``most`` per statement (see :func:`_insert_rows`)."""
         for kind, table in (("hour", "hourly"), ("day", "daily")):
-            params = [
-                (start, _local_label(start, kind, self.zone), source, tier, model, *values)
-                for (row_kind, start, source, tier, model), values in self.rows.items()
-                if row_kind == kind
-            ]
-            conn.executemany(
-                f"INSERT INTO {table} ({_AGGREGATE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "  # noqa: S608
-                "ON CONFLICT (bucket_start, source, tier, model) DO UPDATE SET "
-                "cost_usd = cost_usd + excluded.cost_usd, "
-                "requests = requests + excluded.requests, "
-                "tokens = tokens + excluded.tokens, "
-                "cache_hits = cache_hits + excluded.cache_hits, "
-                "events = events + excluded.events",
-                params,
-            )
+            params: list[Any] = []
+            for (row_kind, start, source, tier, model), values in self.rows.items():
+                if row_kind == kind:
+                    label = _local_label(start, kind, self.zone)
+                    params.extend((start, label, source, tier, model, *values))
+            head = f"INSERT INTO {table} ({_AGGREGATE_COLUMNS}) VALUES "  # noqa: S608
+            _insert_rows(conn, head, _AGGREGATE_ARITY, params, most, _AGGREGATE_UPSERT)
 
 
 # -- the store -------------------------------------------------------------------------
@@ -826,9 +866,9 @@ class Store:
         self._lock = threading.RLock()
         self._closed = False
         self._last_batch = 0
-        # SQLite builds before 3.32 allow 999 parameters per statement, later ones 32766.
-        most_rows = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _EVENT_ARITY
-        self._rows_per_insert = 1 << (min(most_rows, _MAX_ROWS_PER_INSERT).bit_length() - 1)
+        variable_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._event_rows_per_insert = _rows_per_insert(variable_limit, _EVENT_ARITY)
+        self._aggregate_rows_per_insert = _rows_per_insert(variable_limit, _AGGREGATE_ARITY)
         if not readonly:
             self._last_batch = self._read_last_batch()
 
@@ -1060,9 +1100,10 @@ class Store:
         now = self._clock()
         aggregates = _Aggregates(self.zone)
         unattributed = 0
-        event_rows: list[tuple[Any, ...]] = []
+        event_values: list[Any] = []
+        add_values = event_values.extend
         counted: list[Accounting] = []
-        insert_event = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES "  # noqa: S608
+        insert_event = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "  # noqa: S608
         for index, accounting in enumerate(batch.results):
             observed_iso = _iso(accounting.observed_at)
             if accounting.first_contact:
@@ -1073,33 +1114,8 @@ class Store:
             if accounting.events:
                 counted.append(accounting)
             for event in accounting.events:
-                event_rows.append(
-                    (
-                        event.source,
-                        event.key,
-                        event.occurred_at.timestamp(),
-                        _iso(event.occurred_at),
-                        observed_iso,
-                        event.event_type,
-                        event.model,
-                        event.tier,
-                        event.requests,
-                        event.cache_hits,
-                        event.tokens,
-                        event.input_tokens,
-                        event.output_tokens,
-                        event.latency_ms,
-                        event.status,
-                        event.cost_usd,
-                        event.recorded_cost_usd,
-                        event.calculated_cost_usd,
-                        event.cost_basis,
-                        int(event.priced),
-                        event.price_version,
-                        batch_id,
-                        index,
-                    )
-                )
+                add_values(_event_values(event))
+                add_values((event.occurred_at.timestamp(), observed_iso, batch_id, index))
             remainder = accounting.unattributed
             if remainder is not None:
                 unattributed += 1
@@ -1124,9 +1140,18 @@ class Store:
                 )
                 aggregates.unattributed(remainder, accounting.observed_at)
         before = conn.total_changes
-        _insert_rows(conn, insert_event, _EVENT_ARITY, event_rows, self._rows_per_insert)
+        # A stored event is skipped, nothing else: a NULL in a NOT NULL column must fail
+        # the batch loudly, where INSERT OR IGNORE would drop the row without a word.
+        _insert_rows(
+            conn,
+            insert_event,
+            _EVENT_ARITY,
+            event_values,
+            self._event_rows_per_insert,
+            " ON CONFLICT DO NOTHING",
+        )
         inserted = conn.total_changes - before
-        ignored = len(event_rows) - inserted
+        ignored = len(event_values) // _EVENT_ARITY - inserted
         # Rare: some events were stored before. Those stored now carry this batch's id; only
         # they (once each) go into the aggregates.
         fresh = (
@@ -1139,7 +1164,7 @@ class Store:
             if fresh is not None:
                 events = [event for event in events if _take(fresh, (event.source, event.key))]
             aggregates.events(events, accounting.observed_at)
-        aggregates.write(conn)
+        aggregates.write(conn, self._aggregate_rows_per_insert)
         conn.executemany(
             "INSERT INTO source_state (source, state, batch, updated_at) VALUES (?,?,?,?) "
             "ON CONFLICT (source) DO UPDATE SET state = excluded.state, batch = excluded.batch, "

@@ -14,7 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -182,8 +182,31 @@ def test_version_2_events_are_rekeyed_by_time_and_keep_their_order(
     with monkeypatch.context() as patch:
         patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
         patch.setattr(store_module, "SCHEMA_VERSION", 2)
-        with Store.open(db_path) as old:
-            old.commit_batch(Batch([make_accounting([later]), make_accounting([earlier])]))
+        Store.open(db_path).close()
+    with closing(raw(db_path)) as conn:
+        # Rows as schema 2 stored them (with occurred_at_iso), arrival order: later first.
+        for batch, event in enumerate((later, earlier), start=1):
+            conn.execute(
+                "INSERT INTO events (source, key, occurred_at, occurred_at_iso, "
+                "observed_at_iso, event_type, model, tier, requests, cache_hits, tokens, "
+                "input_tokens, output_tokens, latency_ms, status, cost_usd, recorded_cost_usd, "
+                "calculated_cost_usd, cost_basis, priced, price_version, batch, result) "
+                "VALUES (?,?,?,?,?,?,?,?,1,0,NULL,NULL,NULL,NULL,NULL,?,?,NULL,'recorded',1,'t',"
+                "?,0)",
+                (
+                    event.source,
+                    event.key,
+                    event.occurred_at.timestamp(),
+                    event.occurred_at.isoformat(),
+                    T0.isoformat(),
+                    event.event_type,
+                    event.model,
+                    event.tier,
+                    event.cost_usd,
+                    event.cost_usd,
+                    batch,
+                ),
+            )
     with Store.open(db_path) as store:
         assert store.schema_version == SCHEMA_VERSION
         assert [event.key for event in store.events(newest_first=False)] == ["key-2", "key-1"]
@@ -198,6 +221,8 @@ def test_version_2_events_are_rekeyed_by_time_and_keep_their_order(
     assert primary_key == ["occurred_at", "source", "key"]
     assert "events_batch" in indexes
     assert "events_occurred_at" not in indexes
+    assert "occurred_at_iso" not in {row[1] for row in columns}
+    assert [event.occurred_at for event in restored.events[:2]] == [later.occurred_at, T0]
 
 
 def test_forward_migration_keeps_existing_rows(
@@ -833,5 +858,46 @@ def test_multi_row_inserts_write_every_row_once_in_order(count: int, most: int) 
     with closing(sqlite3.connect(":memory:")) as conn:
         conn.execute("CREATE TABLE t (a INTEGER, b TEXT)")
         rows = [(index, f"row-{index}") for index in range(count)]
-        store_module._insert_rows(conn, "INSERT INTO t (a, b) VALUES ", 2, rows, most)
+        flat = [value for row in rows for value in row]
+        store_module._insert_rows(conn, "INSERT INTO t (a, b) VALUES ", 2, flat, most)
         assert conn.execute("SELECT a, b FROM t ORDER BY rowid").fetchall() == rows
+
+
+@pytest.mark.parametrize(
+    ("variable_limit", "arity", "rows"),
+    [(999, 23, 32), (32766, 23, 1024), (32766, 10, 1024), (999, 10, 64), (5, 23, 1)],
+)
+def test_rows_per_insert_stay_within_the_parameter_limit(
+    variable_limit: int, arity: int, rows: int
+) -> None:
+    """Statements bind at most SQLite's parameter limit, in power-of-two row counts."""
+    assert store_module._rows_per_insert(variable_limit, arity) == rows
+
+
+def test_multi_row_upserts_add_rows_that_repeat_a_key() -> None:
+    """An upsert tail applies per row: a key repeated in one statement adds up."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, n INTEGER)")
+        rows = [(index % 3, 1) for index in range(10)]
+        tail = " ON CONFLICT (k) DO UPDATE SET n = n + excluded.n"
+        flat = [value for row in rows for value in row]
+        store_module._insert_rows(conn, "INSERT INTO t (k, n) VALUES ", 2, flat, 4, tail)
+        assert conn.execute("SELECT k, n FROM t ORDER BY k").fetchall() == [(0, 4), (1, 3), (2, 3)]
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1970, 1, 2),
+        max_value=datetime(2240, 1, 1),
+        # Event times are parsed with fixed offsets (RFC 3339) or taken in UTC.
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+        ),
+    )
+)
+def test_event_times_come_back_to_the_microsecond(moment: datetime) -> None:
+    """Events keep their time as epoch seconds: read back in UTC, it is the same instant."""
+    stored = moment.timestamp()
+    restored = datetime.fromtimestamp(stored, UTC)
+    assert restored == moment
+    assert restored.microsecond == moment.astimezone(UTC).microsecond
