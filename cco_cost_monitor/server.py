@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -469,4 +470,20 @@ def run_service(
 ) -> int:
     """Create the loop (after any fork) and serve. Raises StartupError before ready."""
     service = Service(settings, flags=flags)
-    return anyio.run(serve, service, on_ready)
+
+    def ready() -> None:
+        _freeze_startup_objects()
+        if on_ready is not None:
+            on_ready()
+
+    return anyio.run(serve, service, ready)
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what exists once serving (modules, restored state) out of later collections.
+
+    Those objects live as long as the process; without this every full collection under
+    load walked all of them again (bench_ingest: GC time 1.9 -> 1.1 s per 15 s of flood).
+    """
+    gc.collect()
+    gc.freeze()
