@@ -171,6 +171,11 @@ def main(ctx: click.Context) -> None:
 @click.option("--foreground", is_flag=True, help="Stay in the foreground and log to stderr.")
 def start(foreground: bool, **options: Any) -> None:
     """Start the monitor (in the background unless --foreground)."""
+    from cco_cost_monitor import lean  # noqa: PLC0415
+
+    # First: the imports below (structlog, later httpx) would pull in rich and click's
+    # pretty helpers that the daemon never uses.
+    lean.skip_unused_optional_imports()
     from cco_cost_monitor import daemon, sdnotify  # noqa: PLC0415
     from cco_cost_monitor.client import running_url  # noqa: PLC0415
     from cco_cost_monitor.logs import configure_logging  # noqa: PLC0415
