@@ -1,8 +1,8 @@
 """Store throughput: events committed per second, alone and against a busy event-loop thread.
 
 The daemon's writer thread shares the GIL with the event loop, which is busy whenever
-events flood in. This measures ``Store.commit_batch`` on batches like the writer's
-(250 results of 20 events) into a database that already holds PREFILL events, twice:
+events flood in. This measures ``Store.commit_batch`` on batches like the writer's under flood (its
+``max_batch`` results of 20 events) into a database that already holds PREFILL events, twice:
   1. alone: the thread has the interpreter to itself;
   2. contended: another thread runs Python without pause meanwhile (an event loop at
      full load), and how much of its own speed that thread keeps is printed too.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,10 +23,11 @@ from common import banner, temp_dir
 
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting
 from cco_cost_monitor.store import Batch, Store
+from cco_cost_monitor.writer import StoreWriter
 
 SOURCE = "http://127.0.0.1:3000/api/stream"
 EVENTS_PER_RESULT = 20
-RESULTS_PER_BATCH = 250
+RESULTS_PER_BATCH: int = inspect.signature(StoreWriter).parameters["max_batch"].default
 
 
 def batches(first: int, count: int) -> list[Batch]:
@@ -109,7 +111,10 @@ def main() -> None:
             thread.join()
         finally:
             store.close()
-    print(f"   prefilled {args.prefill:,} events; then {args.events:,} events per run")
+    print(
+        f"   prefilled {args.prefill:,} events; then {args.events:,} events per run, "
+        f"{RESULTS_PER_BATCH * EVENTS_PER_RESULT:,} per commit"
+    )
     print(f"   alone:     {args.events / alone:10,.0f} events/s")
     print(
         f"   contended: {args.events / contended:10,.0f} events/s "

@@ -15,10 +15,11 @@ if ! "$PY" -c 'import shutil, sys, pathlib; p = pathlib.Path(sys.executable).par
 fi
 run() { echo; echo "\$ $*"; timeout --signal=TERM 240 "$@"; }
 run "$PY" bench/bench_reconciler.py 2000 5
+run "$PY" bench/bench_store.py --prefill 300000 --events 100000
 run "$PY" bench/bench_ingest.py --duration 20 --profile "$PROFILE"
 run "$PY" bench/bench_footprint.py --cap 150
 run "$PY" bench/bench_idle.py --duration 60
-run "$PY" bench/bench_health_latency.py --count 200 --cap 40
+run "$PY" bench/bench_health_latency.py --count 500 --cap 40
 run "$PY" bench/bench_faults.py --min-seconds 60
 run "$PY" bench/bench_daemon.py -n 5
 run "$PY" bench/bench_statusline.py -n 20
