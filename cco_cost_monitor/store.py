@@ -52,9 +52,10 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from itertools import chain, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO, cast
 
@@ -284,9 +285,10 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     collides; the same key range also serves every time-range query, which makes the
     separate ``events_occurred_at`` index redundant.
 
-    ``occurred_at_iso`` goes: formatting it took a tenth of the writer's time, and the epoch
-    seconds already give the instant back to the microsecond (a double's spacing there is
-    below half a microsecond until the year 2242), read back in UTC.
+    ``occurred_at_iso`` goes and ``observed_at_iso`` becomes ``observed_at`` (epoch seconds):
+    formatting them took a tenth of the writer's time, epoch seconds give the instant back
+    to the microsecond (a double's spacing there is below half a microsecond until the
+    year 2242), read back in UTC, and SQLite can group by them (``hourly``/``daily``).
     """
     _run_script(
         conn,
@@ -295,7 +297,7 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
             source              TEXT    NOT NULL,
             key                 TEXT    NOT NULL,
             occurred_at         REAL    NOT NULL,  -- epoch seconds, exact to the microsecond
-            observed_at_iso     TEXT    NOT NULL,  -- when the monitor saw the frame
+            observed_at         REAL    NOT NULL,  -- when the monitor saw the frame, likewise
             event_type          TEXT    NOT NULL,
             model               TEXT,
             tier                TEXT    NOT NULL,
@@ -317,7 +319,8 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
             PRIMARY KEY (occurred_at, source, key)
         );
         INSERT INTO events_v3
-            SELECT source, key, occurred_at, observed_at_iso, event_type,
+            SELECT source, key, occurred_at,
+                (julianday(observed_at_iso) - 2440587.5) * 86400.0, event_type,
                 model, tier, requests, cache_hits, tokens, input_tokens, output_tokens,
                 latency_ms, status, cost_usd, recorded_cost_usd, calculated_cost_usd,
                 cost_basis, priced, price_version, batch, result
@@ -625,8 +628,9 @@ _EVENT_FIELDS = (
     "priced",
     "price_version",
 )
+_EVENT_COLUMNS = ", ".join((*_EVENT_FIELDS, "occurred_at", "observed_at", "batch", "result"))
 _event_values = operator.attrgetter(*_EVENT_FIELDS)
-_EVENT_COLUMNS = ", ".join((*_EVENT_FIELDS, "occurred_at", "observed_at_iso", "batch", "result"))
+_occurred_at = operator.attrgetter("occurred_at")
 _EVENT_SELECT = (
     "source, key, occurred_at, event_type, model, tier, requests, cache_hits, tokens, "
     "input_tokens, output_tokens, latency_ms, status, cost_usd, recorded_cost_usd, "
@@ -641,6 +645,23 @@ _AGGREGATE_COLUMNS = (
 
 
 _EVENT_ARITY = _EVENT_COLUMNS.count(",") + 1
+#: A batch's new events summed per (UTC minute of the clamped time, source, tier, model).
+#: The minute is floored for times before 1970 too, as ``BucketStarts`` does.
+_MINUTE_SUMS = f"""
+    SELECT minute, source, tier, model, sum(cost_usd), sum(requests), sum(tokens),
+        sum(cache_hits), count(*)
+    FROM (
+        SELECT CAST(at / 60 AS INTEGER) * 60 - (at < CAST(at / 60 AS INTEGER) * 60) * 60
+                AS minute,
+            source, tier, coalesce(model, '') AS model, cost_usd, requests,
+            coalesce(tokens, 0) AS tokens, cache_hits
+        FROM (
+            SELECT *, min(occurred_at, observed_at + {MAX_CLOCK_SKEW.total_seconds()}) AS at
+            FROM events WHERE batch = ?
+        )
+    )
+    GROUP BY minute, source, tier, model
+"""  # noqa: S608
 _AGGREGATE_ARITY = _AGGREGATE_COLUMNS.count(",") + 1
 #: Largest multi-row INSERT (rows); smaller ones halve down to 1 (few distinct statements).
 #: Every shape stays prepared in the statement cache with its parameters: at 1024 rows the
@@ -702,6 +723,23 @@ def _insert_rows(
             )
             start = end
         size //= 2
+
+
+def _event_rows(
+    events: Sequence[AccountedEvent], observed_at: float, batch_id: int, index: int
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of one result's events, in ``_EVENT_COLUMNS`` order.
+
+    Built by map/zip/repeat, which run in C: the writer shares the GIL with the event loop,
+    and a Python loop here cost ~0.5 us per event of the loop's time under flood.
+    """
+    suffixes = zip(
+        map(datetime.timestamp, map(_occurred_at, events)),
+        repeat(observed_at),
+        repeat(batch_id),
+        repeat(index),
+    )
+    return map(operator.add, map(_event_values, events), suffixes)
 
 
 def _event_from_row(row: Sequence[Any]) -> AccountedEvent:
@@ -789,34 +827,18 @@ class _Aggregates:
             row[3] += values[3]
             row[4] += values[4]
 
-    def events(self, events: Iterable[AccountedEvent], observed_at: datetime) -> None:
-        """Add the events of one result (the writer's hot path: grouped before touching rows)."""
-        latest = (observed_at + MAX_CLOCK_SKEW).timestamp()
+    def stored_events(self, conn: sqlite3.Connection, batch_id: int) -> None:
+        """Add the events this batch stored, summed per UTC minute by SQLite.
+
+        ``batch = ?`` selects exactly the rows inserted now (an event stored before keeps
+        its old batch): those, once each, go into the aggregates. Times later than
+        ``observed_at + MAX_CLOCK_SKEW`` count at that bound, as in the engine.
+        """
         starts_of = self._starts.of
-        grouped: dict[tuple[float, float, str, str, str], list[float]] = {}
-        for event in events:
-            at = event.occurred_at.timestamp()
-            _, hour, day = starts_of(at if at < latest else latest)
-            group = (hour, day, event.source, event.tier, event.model or "")
-            sums = grouped.get(group)
-            if sums is None:
-                grouped[group] = [
-                    event.cost_usd,
-                    event.requests,
-                    event.tokens or 0,
-                    event.cache_hits,
-                    1,
-                ]
-            else:
-                sums[0] += event.cost_usd
-                sums[1] += event.requests
-                sums[2] += event.tokens or 0
-                sums[3] += event.cache_hits
-                sums[4] += 1
-        for (hour, day, *key), sums in grouped.items():
-            model_key = (key[0], key[1], key[2])
-            self._add_at("hour", hour, model_key, sums)
-            self._add_at("day", day, model_key, sums)
+        for minute, source, tier, model, *sums in conn.execute(_MINUTE_SUMS, (batch_id,)):
+            _, hour, day = starts_of(minute)
+            self._add_at("hour", hour, (source, tier, model), sums)
+            self._add_at("day", day, (source, tier, model), sums)
 
     def unattributed(self, remainder: Unattributed, observed_at: datetime) -> None:
         """Spread like the engine does: cost over [since, occurred_at], requests at the end."""
@@ -1105,7 +1127,6 @@ class Store:
         unattributed = 0
         event_values: list[Any] = []
         add_values = event_values.extend
-        counted: list[Accounting] = []
         insert_event = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "  # noqa: S608
         for index, accounting in enumerate(batch.results):
             observed_iso = _iso(accounting.observed_at)
@@ -1115,10 +1136,10 @@ class Store:
                     (f"first_contact:{accounting.source}", observed_iso),
                 )
             if accounting.events:
-                counted.append(accounting)
-            for event in accounting.events:
-                add_values(_event_values(event))
-                add_values((event.occurred_at.timestamp(), observed_iso, batch_id, index))
+                observed = accounting.observed_at.timestamp()
+                add_values(
+                    chain.from_iterable(_event_rows(accounting.events, observed, batch_id, index))
+                )
             remainder = accounting.unattributed
             if remainder is not None:
                 unattributed += 1
@@ -1155,18 +1176,8 @@ class Store:
         )
         inserted = conn.total_changes - before
         ignored = len(event_values) // _EVENT_ARITY - inserted
-        # Rare: some events were stored before. Those stored now carry this batch's id; only
-        # they (once each) go into the aggregates.
-        fresh = (
-            set(conn.execute("SELECT source, key FROM events WHERE batch = ?", (batch_id,)))
-            if ignored
-            else None
-        )
-        for accounting in counted:
-            events: Sequence[AccountedEvent] = accounting.events
-            if fresh is not None:
-                events = [event for event in events if _take(fresh, (event.source, event.key))]
-            aggregates.events(events, accounting.observed_at)
+        if inserted:
+            aggregates.stored_events(conn, batch_id)
         aggregates.write(conn, self._aggregate_rows_per_insert)
         conn.executemany(
             "INSERT INTO source_state (source, state, batch, updated_at) VALUES (?,?,?,?) "
@@ -1279,13 +1290,13 @@ class Store:
         ]
         groups = {}
         for row in conn.execute(
-            f"SELECT batch, result, observed_at_iso, {_EVENT_SELECT} FROM events "  # noqa: S608
+            f"SELECT batch, result, observed_at, {_EVENT_SELECT} FROM events "  # noqa: S608
             "WHERE batch > ? ORDER BY rowid",
             (after,),
         ):
             event = _event_from_row(row[3:])
             group = groups.setdefault(
-                (row[0], row[1]), (event.source, datetime.fromisoformat(row[2]), [], [])
+                (row[0], row[1]), (event.source, datetime.fromtimestamp(row[2], UTC), [], [])
             )
             group[2].append(event)
         for row in conn.execute(
@@ -1682,14 +1693,6 @@ class Store:
 
             return sql, params, aggregate, list(AggregateRow.__dataclass_fields__)
         raise ValueError(f"unknown export kind {kind!r}")
-
-
-def _take(items: set[tuple[str, str]], item: tuple[str, str]) -> bool:
-    """Remove ``item`` from ``items``; True if it was there."""
-    if item in items:
-        items.remove(item)
-        return True
-    return False
 
 
 def _csv_value(value: Any) -> Any:

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cco_cost_monitor import store as store_module
-from cco_cost_monitor.engine import Engine
+from cco_cost_monitor.engine import Engine, bucket_start
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.pricing import PriceTable
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, Reconciler, Unattributed
@@ -115,6 +116,11 @@ def store(db_path: Path) -> Iterator[Store]:
 
 def raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
+
+
+def conn_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with closing(raw(path)) as conn:
+        return conn.execute(sql).fetchall()
 
 
 # -- schema and migrations --------------------------------------------------------------
@@ -221,7 +227,9 @@ def test_version_2_events_are_rekeyed_by_time_and_keep_their_order(
     assert primary_key == ["occurred_at", "source", "key"]
     assert "events_batch" in indexes
     assert "events_occurred_at" not in indexes
-    assert "occurred_at_iso" not in {row[1] for row in columns}
+    assert {"occurred_at_iso", "observed_at_iso"}.isdisjoint(row[1] for row in columns)
+    (observed,) = conn_rows(db_path, "SELECT DISTINCT observed_at FROM events WHERE batch <= 2")
+    assert observed[0] == pytest.approx(T0.timestamp(), abs=1e-3)
     assert [event.occurred_at for event in restored.events[:2]] == [later.occurred_at, T0]
 
 
@@ -350,7 +358,7 @@ def test_recent_events_are_the_newest_accounted_oldest_first(store: Store) -> No
 
 
 def test_replayed_event_is_stored_once(store: Store) -> None:
-    """INSERT OR IGNORE: an event committed twice is one row and counted once in aggregates."""
+    """An event committed twice is one row and counted once in the aggregates."""
     event = make_event(1)
     first = store.commit_batch(Batch([make_accounting([event])]))
     again = store.commit_batch(Batch([make_accounting([event, make_event(2)])]))
@@ -901,3 +909,87 @@ def test_event_times_come_back_to_the_microsecond(moment: datetime) -> None:
     restored = datetime.fromtimestamp(stored, UTC)
     assert restored == moment
     assert restored.microsecond == moment.astimezone(UTC).microsecond
+
+
+@given(
+    zone=st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]),
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 40),  # event index: repeats are events stored before
+                st.integers(-3 * 86400, 3 * 86400),  # seconds from the observation
+                st.integers(0, 999_999),  # microseconds
+                st.sampled_from(["a", "b"]),
+                st.sampled_from([None, "claude-sonnet-4-5", "gpt-4o"]),
+                st.sampled_from(["api_call", "cache_hit", "model_override"]),
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    observed_days=st.integers(-30_000, 30_000),
+)
+@settings(max_examples=40, deadline=None)
+def test_hourly_and_daily_rows_sum_each_stored_event_once_in_its_local_bucket(
+    zone: str,
+    batches: list[list[tuple[int, int, int, str, str | None, str]]],
+    observed_days: int,
+) -> None:
+    """SQLite's per-minute sums of a batch's new rows give the same hourly/daily rows as
+    bucketing every stored event (its time capped at observed + 5 min) in Python."""
+    local = ZoneInfo(zone)
+    observed = T0 + timedelta(days=observed_days)
+    expected: dict[tuple[str, float, str, str, str], list[float]] = {}
+    stored: set[tuple[str, str]] = set()
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        Store.open(Path(directory) / "m.db", zone=local) as store,
+    ):
+        for batch in batches:
+            events = []
+            for index, offset, micros, source, model, event_type in batch:
+                at = observed + timedelta(seconds=offset, microseconds=micros)
+                event = make_event(index, at, source=source, model=model, event_type=event_type)
+                event.key = f"key-{index}-{offset}-{micros}"
+                events.append(event)
+            store.commit_batch(Batch([make_accounting(events, observed, source=events[0].source)]))
+            for event in events:
+                if (event.source, event.key) in stored:
+                    continue
+                stored.add((event.source, event.key))
+                moment = min(event.occurred_at, observed + timedelta(minutes=5))
+                for kind in ("hour", "day"):
+                    start = bucket_start(moment, kind, local)
+                    key = (kind, start, event.source, event.tier, event.model or "")
+                    sums = expected.setdefault(key, [0.0, 0, 0, 0, 0])
+                    sums[0] += event.cost_usd
+                    sums[1] += event.requests
+                    sums[2] += event.tokens or 0
+                    sums[3] += event.cache_hits
+                    sums[4] += 1
+        rows = [("hour", row) for row in store.hourly_rows()]
+        rows += [("day", row) for row in store.daily_rows()]
+    actual = {
+        (kind, row.start.timestamp(), row.source, row.tier, row.model): [
+            row.cost_usd,
+            row.requests,
+            row.tokens,
+            row.cache_hits,
+            row.events,
+        ]
+        for kind, row in rows
+    }
+    assert actual.keys() == expected.keys()
+    for key, sums in expected.items():
+        assert actual[key][0] == pytest.approx(sums[0], abs=1e-9)
+        assert actual[key][1:] == sums[1:]
+
+
+def test_an_event_before_1970_lands_in_its_own_hour(store: Store) -> None:
+    """Minutes are floored, not truncated towards zero, for negative epoch times too."""
+    at = datetime(1969, 12, 31, 23, 59, 30, 500_000, tzinfo=UTC)
+    store.commit_batch(Batch([make_accounting([make_event(1, at)], at)]))
+    (hour,) = store.hourly_rows()
+    assert hour.start == datetime(1969, 12, 31, 23, 0, tzinfo=UTC)
