@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +59,8 @@ LIVE_SETTINGS = frozenset(
         "allow_unauthenticated",
     }
 )
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
+SWITCH_INTERVAL_SECONDS = 0.001
 # How often memory freed by a burst of activity is given back to the OS.
 MEMORY_RELEASE_SECONDS = 30.0
 # Name of the alert tracker's state in the store's component_state table.
@@ -482,6 +485,10 @@ def run_service(
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Create the loop (after any fork) and serve. Raises StartupError before ready."""
+    # The store writer thread gives the GIL away on every SQLite step and must wait for the
+    # event loop thread to drop it again: at the default 5 ms that wait throttled ingestion
+    # under flood (bench_ingest, four interleaved pairs: +2.5 to +16 % events per CPU s).
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     service = Service(settings, flags=flags)
 
     def ready() -> None:
