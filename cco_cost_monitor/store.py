@@ -645,11 +645,16 @@ _AGGREGATE_COLUMNS = (
 
 
 _EVENT_ARITY = _EVENT_COLUMNS.count(",") + 1
-#: A batch's new events summed per (UTC minute of the clamped time, source, tier, model).
-#: The minute is floored for times before 1970 too, as ``BucketStarts`` does.
+#: A batch's new events summed per (UTC minute of the clamped time, source, tier, model),
+#: returned as ONE JSON row: every row fetched is a step that gives the GIL away and waits
+#: to get it back. The cost goes as 17 significant digits (json_array alone writes 15);
+#: the minute is floored for times before 1970 too, as ``BucketStarts`` does.
 _MINUTE_SUMS = f"""
-    SELECT minute, source, tier, model, sum(cost_usd), sum(requests), sum(tokens),
-        sum(cache_hits), count(*)
+    SELECT json_group_array(json_array(minute, source, tier, model, printf('%!.17g', cost),
+        requests, tokens, cache_hits, events))
+    FROM (
+    SELECT minute, source, tier, model, sum(cost_usd) AS cost, sum(requests) AS requests,
+        sum(tokens) AS tokens, sum(cache_hits) AS cache_hits, count(*) AS events
     FROM (
         SELECT CAST(at / 60 AS INTEGER) * 60 - (at < CAST(at / 60 AS INTEGER) * 60) * 60
                 AS minute,
@@ -661,6 +666,7 @@ _MINUTE_SUMS = f"""
         )
     )
     GROUP BY minute, source, tier, model
+    )
 """  # noqa: S608
 _AGGREGATE_ARITY = _AGGREGATE_COLUMNS.count(",") + 1
 #: Largest multi-row INSERT (rows); smaller ones halve down to 1 (few distinct statements).
@@ -835,8 +841,10 @@ class _Aggregates:
         ``observed_at + MAX_CLOCK_SKEW`` count at that bound, as in the engine.
         """
         starts_of = self._starts.of
-        for minute, source, tier, model, *sums in conn.execute(_MINUTE_SUMS, (batch_id,)):
+        (groups,) = conn.execute(_MINUTE_SUMS, (batch_id,)).fetchone()
+        for minute, source, tier, model, cost, *counts in orjson.loads(groups):
             _, hour, day = starts_of(minute)
+            sums = (float(cost), *counts)
             self._add_at("hour", hour, (source, tier, model), sums)
             self._add_at("day", day, (source, tier, model), sums)
 
