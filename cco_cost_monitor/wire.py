@@ -13,7 +13,7 @@ turns one SSE event (name + data) into one of the frame types or raises
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import orjson
@@ -232,20 +232,52 @@ def event_key(event: ActivityEvent) -> str:
     )
 
 
-def parse_timestamp(value: str | None) -> datetime | None:
-    """RFC 3339 with 0-9 fractional digits; ``None`` when absent or unreadable.
+#: Event times outside [EARLIEST, LATEST) are a clock gone wrong, not events: they count at
+#: the time they were seen. Inside it, epoch seconds as a double keep every microsecond
+#: (the store relies on that), and datetime arithmetic cannot leave its range.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
-    Python 3.11's ``fromisoformat`` reads the proxy's own shape (nanoseconds, cut to
-    microseconds) 4x faster than normalising first; anything it refuses (``z``, spaces
-    around, odd fractions) takes :func:`_parse_lenient`, which gives the same result for
-    everything both read (tests/test_wire.py).
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    """RFC 3339 with 0-9 fractional digits; ``None`` when absent, unreadable or out of range.
+
+    The proxy's own shape (nanoseconds, cut to microseconds) takes :func:`_parse_fast`, 4x
+    faster than normalising first; anything else takes :func:`_parse_lenient`, which gives
+    the same result for everything both read (tests/test_wire.py).
     """
     if not value:
+        return None
+    parsed = _parse_fast(value)
+    if parsed is None:
+        parsed = _parse_lenient(value)
+    if parsed is None or not EARLIEST <= parsed < LATEST:
+        return None
+    return parsed
+
+
+def _full_date_time(text: str, separators: str) -> bool:
+    """``YYYY-MM-DD?HH:MM:SS`` at the start, any fraction only right after the seconds.
+
+    Python 3.11's ``fromisoformat`` also reads shortened times (``18:27.01`` as 18:27:00.01)
+    that RFC 3339 does not have, with a value nobody meant: those are refused here.
+    """
+    if len(text) < 20 or text[10] not in separators:
+        return False
+    if text[4] != "-" or text[7] != "-" or text[13] != ":" or text[16] != ":":
+        return False
+    dot = text.find(".")
+    return dot in (-1, 19)
+
+
+def _parse_fast(value: str) -> datetime | None:
+    """``fromisoformat`` for the proxy's own shape (``T``, no padding), else ``None``."""
+    if not _full_date_time(value, "T"):
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        return _parse_lenient(value)
+        return None
     return parsed if parsed.tzinfo is not None else None
 
 
@@ -254,6 +286,8 @@ def _parse_lenient(value: str) -> datetime | None:
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
+    if not _full_date_time(text, "Tt "):
+        return None
     # Python keeps microseconds: cut nanosecond digits before parsing (identity keeps them).
     dot = text.find(".")
     if dot != -1:

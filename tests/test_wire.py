@@ -227,7 +227,7 @@ def test_event_identity_keeps_nanoseconds() -> None:
 
 
 @given(
-    moment=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
+    moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
     digits=st.text("0123456789", max_size=12),
     separator=st.sampled_from(["T", " "]),
     zone=st.sampled_from(["+00:00", "Z", "z", "+05:30", "-08:00", "", "+0530"]),
@@ -236,10 +236,33 @@ def test_event_identity_keeps_nanoseconds() -> None:
 def test_fast_timestamp_path_agrees_with_the_lenient_parser(
     moment: datetime, digits: str, separator: str, zone: str, padding: str
 ) -> None:
-    """fromisoformat's fast path reads every RFC 3339 shape exactly as the normalising one."""
+    """fromisoformat's fast path reads every RFC 3339 shape exactly as the normalising one,
+    and whatever parse_timestamp returns lies within [EARLIEST, LATEST)."""
     fraction = f".{digits}" if digits else ""
     text = f"{padding}{moment.strftime(f'%Y-%m-%d{separator}%H:%M:%S')}{fraction}{zone}{padding}"
-    assert parse_timestamp(text) == wire_module._parse_lenient(text)
+    fast = wire_module._parse_fast(text)
+    assert fast is None or fast == wire_module._parse_lenient(text)
+    parsed = parse_timestamp(text)
+    assert parsed is None or wire_module.EARLIEST <= parsed < wire_module.LATEST
+    assert parsed is None or parsed == wire_module._parse_lenient(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "9999-12-31T23:30:00-01:00",  # year 10000 in UTC
+        "9999-12-31T23:59:59.999999Z",
+        "0001-01-01T00:30:00+01:00",  # year 0 in UTC
+        "2200-01-01T00:00:00Z",
+        "1899-12-31T23:59:59Z",
+        "2025-11-17T18:27.01.48+00:00",  # shortened times Python 3.11 would read
+        "2025-11-17T18.27:01+00:00",
+        "2025-11-17T18:27",
+    ],
+)
+def test_timestamps_out_of_range_or_shape_are_not_read(text: str) -> None:
+    """A clock gone wrong or a malformed time gives None: the event counts when it was seen."""
+    assert parse_timestamp(text) is None
 
 
 @given(st.text(max_size=60))
