@@ -274,8 +274,15 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _epoch_of_iso(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
 def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     """Events keyed by (occurred_at, source, key): inserts append instead of landing at random.
+
+    Copies every event row, in one transaction (about 200k rows/s here, so a few seconds
+    for a large history; :meth:`Store.migration_pending` lets the caller say so first).
 
     The old primary key (source, key) put every new row at a random place in a B-tree (keys
     are digests); events arrive in time order, so a key that starts with the time appends
@@ -290,6 +297,8 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     to the microsecond (a double's spacing there is below half a microsecond until the
     year 2242), read back in UTC, and SQLite can group by them (``hourly``/``daily``).
     """
+    # Exact to the microsecond, unlike julianday() (milliseconds, then float noise).
+    conn.create_function("epoch_of_iso", 1, _epoch_of_iso, deterministic=True)
     _run_script(
         conn,
         """
@@ -319,8 +328,7 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
             PRIMARY KEY (occurred_at, source, key)
         );
         INSERT INTO events_v3
-            SELECT source, key, occurred_at,
-                (julianday(observed_at_iso) - 2440587.5) * 86400.0, event_type,
+            SELECT source, key, occurred_at, epoch_of_iso(observed_at_iso), event_type,
                 model, tier, requests, cache_hits, tokens, input_tokens, output_tokens,
                 latency_ms, status, cost_usd, recorded_cost_usd, calculated_cost_usd,
                 cost_basis, priced, price_version, batch, result
@@ -328,6 +336,11 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         DROP TABLE events;
         ALTER TABLE events_v3 RENAME TO events;
         CREATE INDEX events_batch ON events (batch);
+        -- Events without a time of their own (gateway requests, unreadable timestamps) are
+        -- stamped with the time they were seen, which differs between two copies: for
+        -- them (source, key) alone must be unique.
+        CREATE UNIQUE INDEX events_untimed ON events (source, key)
+            WHERE occurred_at = observed_at;
         """,
     )
 
@@ -648,13 +661,15 @@ _EVENT_ARITY = _EVENT_COLUMNS.count(",") + 1
 #: A batch's new events summed per (UTC minute of the clamped time, source, tier, model),
 #: returned as ONE JSON row: every row fetched is a step that gives the GIL away and waits
 #: to get it back. The cost goes as 17 significant digits (json_array alone writes 15);
-#: the minute is floored for times before 1970 too, as ``BucketStarts`` does.
+#: the minute is floored for times before 1970 too, as ``BucketStarts`` does; tokens are
+#: summed with total(), which cannot overflow (sum() would fail the batch for good).
 _MINUTE_SUMS = f"""
     SELECT json_group_array(json_array(minute, source, tier, model, printf('%!.17g', cost),
         requests, tokens, cache_hits, events))
     FROM (
     SELECT minute, source, tier, model, sum(cost_usd) AS cost, sum(requests) AS requests,
-        sum(tokens) AS tokens, sum(cache_hits) AS cache_hits, count(*) AS events
+        CAST(total(tokens) AS INTEGER) AS tokens, sum(cache_hits) AS cache_hits,
+        count(*) AS events
     FROM (
         SELECT CAST(at / 60 AS INTEGER) * 60 - (at < CAST(at / 60 AS INTEGER) * 60) * 60
                 AS minute,
@@ -748,11 +763,23 @@ def _event_rows(
     return map(operator.add, map(_event_values, events), suffixes)
 
 
+def _instant(seconds: float) -> datetime:
+    """Epoch seconds as an aware UTC datetime, pinned to datetime's range.
+
+    Times are range-checked when parsed (``wire.EARLIEST``/``LATEST``); a row from before
+    that check must still never stop a restore.
+    """
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return (datetime.max if seconds > 0 else datetime.min).replace(tzinfo=UTC)
+
+
 def _event_from_row(row: Sequence[Any]) -> AccountedEvent:
     return AccountedEvent(
         source=row[0],
         key=row[1],
-        occurred_at=datetime.fromtimestamp(row[2], UTC),
+        occurred_at=_instant(row[2]),
         event_type=row[3],
         model=row[4],
         tier=cast(Tier, row[5]),
@@ -947,6 +974,27 @@ class Store:
             conn.close()
             raise
 
+    @staticmethod
+    def migration_pending(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+        """``(schema version, event rows)`` when opening ``path`` will migrate it, else None.
+
+        Read-only and cheap; anything unusual (no file, not ours, unreadable) is left for
+        :meth:`open` to report.
+        """
+        target = Path(path).expanduser().absolute()
+        if not target.is_file():
+            return None
+        uri = "file:" + urllib.parse.quote(str(target)) + "?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as conn:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if not 0 < version < SCHEMA_VERSION:
+                    return None
+                rows = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        except sqlite3.Error:
+            return None
+        return version, rows
+
     @classmethod
     def open_settings(cls, settings: Settings, *, readonly: bool = False) -> Store:
         """:meth:`open` ``settings.db_path`` with the configured zone and retention."""
@@ -1137,11 +1185,10 @@ class Store:
         add_values = event_values.extend
         insert_event = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "  # noqa: S608
         for index, accounting in enumerate(batch.results):
-            observed_iso = _iso(accounting.observed_at)
             if accounting.first_contact:
                 conn.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                    (f"first_contact:{accounting.source}", observed_iso),
+                    (f"first_contact:{accounting.source}", _iso(accounting.observed_at)),
                 )
             if accounting.events:
                 observed = accounting.observed_at.timestamp()
@@ -1161,7 +1208,7 @@ class Store:
                         _iso(remainder.occurred_at),
                         remainder.since.timestamp() if remainder.since else None,
                         _iso(remainder.since) if remainder.since else None,
-                        observed_iso,
+                        _iso(accounting.observed_at),
                         remainder.requests,
                         remainder.cost_usd,
                         remainder.lost_events,
@@ -1303,9 +1350,7 @@ class Store:
             (after,),
         ):
             event = _event_from_row(row[3:])
-            group = groups.setdefault(
-                (row[0], row[1]), (event.source, datetime.fromtimestamp(row[2], UTC), [], [])
-            )
+            group = groups.setdefault((row[0], row[1]), (event.source, _instant(row[2]), [], []))
             group[2].append(event)
         for row in conn.execute(
             f"SELECT batch, result, {_UNATTRIBUTED_SELECT} FROM unattributed "  # noqa: S608

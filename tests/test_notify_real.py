@@ -14,11 +14,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.builders import accounted_event, schema_2_database
 from tests.conftest import PYTHON, Proc, free_port
 
 pytestmark = pytest.mark.slow
@@ -116,6 +118,37 @@ def test_ready_after_livez_then_watchdog_then_stopping(
         proc.signal(signal.SIGTERM)
         notify_socket.wait_for("STOPPING", "1", timeout=10)
         assert proc.wait(15) == 0
+    except (AssertionError, subprocess.TimeoutExpired):
+        print(proc.output())
+        raise
+    finally:
+        proc.stop()
+
+
+def test_a_migration_asks_the_service_manager_for_time_before_ready(
+    notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    """Opening a schema-2 database sends EXTEND_TIMEOUT_USEC (then READY=1) and says so."""
+    state = tmp_path / "state"
+    state.mkdir()
+    at = datetime(2025, 11, 17, 12, 0, tzinfo=UTC)
+    events = [accounted_event(key=f"k{n}", occurred_at=at, cost=0.01) for n in range(3)]
+    schema_2_database(state / "monitor.db", events, at)
+    env = {key: value for key, value in os.environ.items() if key != "WATCHDOG_PID"}
+    env.update({"NOTIFY_SOCKET": str(notify_socket.path), "CCO_MONITOR_LOG_FORMAT": "json"})
+    args = [PYTHON, "-m", "cco_cost_monitor", "start", "--foreground"]
+    args += ["--state-dir", str(state), "--health-port", str(free_port())]
+    args += ["--source", f"http://127.0.0.1:{free_port()}/api/stream"]
+    proc = Proc(args, tmp_path / "monitor.log", env=env)
+    try:
+        messages = notify_socket.wait_for("READY", "1", timeout=30)
+        extend = [m for m in messages if "EXTEND_TIMEOUT_USEC" in m]
+        assert extend, messages
+        assert int(extend[0]["EXTEND_TIMEOUT_USEC"]) >= 30_000_000
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert '"migrating the database before serving"' in proc.output()
+        assert '"events": 3' in proc.output()
     except (AssertionError, subprocess.TimeoutExpired):
         print(proc.output())
         raise

@@ -40,6 +40,7 @@ from cco_cost_monitor.store import (
     Store,
 )
 from cco_cost_monitor.wire import parse_frame
+from tests.builders import schema_2_database
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 11, 17, 12, 0, tzinfo=UTC)
@@ -180,39 +181,13 @@ def test_version_1_database_is_migrated_to_the_current_schema(
     assert restored.component_states == {"budgets": {"fired": [0.5]}}
 
 
-def test_version_2_events_are_rekeyed_by_time_and_keep_their_order(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_version_2_events_are_rekeyed_by_time_and_keep_their_order(db_path: Path) -> None:
     """Schema 3 re-keys events by (occurred_at, source, key); rows, order and dedupe survive."""
     later, earlier = make_event(1, T0 + timedelta(minutes=5)), make_event(2, T0)
-    with monkeypatch.context() as patch:
-        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
-        patch.setattr(store_module, "SCHEMA_VERSION", 2)
-        Store.open(db_path).close()
-    with closing(raw(db_path)) as conn:
-        # Rows as schema 2 stored them (with occurred_at_iso), arrival order: later first.
-        for batch, event in enumerate((later, earlier), start=1):
-            conn.execute(
-                "INSERT INTO events (source, key, occurred_at, occurred_at_iso, "
-                "observed_at_iso, event_type, model, tier, requests, cache_hits, tokens, "
-                "input_tokens, output_tokens, latency_ms, status, cost_usd, recorded_cost_usd, "
-                "calculated_cost_usd, cost_basis, priced, price_version, batch, result) "
-                "VALUES (?,?,?,?,?,?,?,?,1,0,NULL,NULL,NULL,NULL,NULL,?,?,NULL,'recorded',1,'t',"
-                "?,0)",
-                (
-                    event.source,
-                    event.key,
-                    event.occurred_at.timestamp(),
-                    event.occurred_at.isoformat(),
-                    T0.isoformat(),
-                    event.event_type,
-                    event.model,
-                    event.tier,
-                    event.cost_usd,
-                    event.cost_usd,
-                    batch,
-                ),
-            )
+    observed = T0 + timedelta(seconds=7, microseconds=999_999)
+    # Arrival order: later first.
+    schema_2_database(db_path, [later, earlier], observed)
+    assert Store.migration_pending(db_path) == (2, 2)
     with Store.open(db_path) as store:
         assert store.schema_version == SCHEMA_VERSION
         assert [event.key for event in store.events(newest_first=False)] == ["key-2", "key-1"]
@@ -228,8 +203,9 @@ def test_version_2_events_are_rekeyed_by_time_and_keep_their_order(
     assert "events_batch" in indexes
     assert "events_occurred_at" not in indexes
     assert {"occurred_at_iso", "observed_at_iso"}.isdisjoint(row[1] for row in columns)
-    (observed,) = conn_rows(db_path, "SELECT DISTINCT observed_at FROM events WHERE batch <= 2")
-    assert observed[0] == pytest.approx(T0.timestamp(), abs=1e-3)
+    (observed_at,) = conn_rows(db_path, "SELECT DISTINCT observed_at FROM events WHERE batch <= 2")
+    assert observed_at[0] == observed.timestamp()  # to the microsecond
+    assert Store.migration_pending(db_path) is None
     assert [event.occurred_at for event in restored.events[:2]] == [later.occurred_at, T0]
 
 
@@ -873,7 +849,7 @@ def test_multi_row_inserts_write_every_row_once_in_order(count: int, most: int) 
 
 @pytest.mark.parametrize(
     ("variable_limit", "arity", "rows"),
-    [(999, 23, 32), (32766, 23, 256), (32766, 10, 256), (999, 10, 64), (5, 23, 1)],
+    [(999, 22, 32), (32766, 22, 256), (32766, 10, 256), (999, 10, 64)],
 )
 def test_rows_per_insert_stay_within_the_parameter_limit(
     variable_limit: int, arity: int, rows: int
@@ -993,3 +969,36 @@ def test_an_event_before_1970_lands_in_its_own_hour(store: Store) -> None:
     store.commit_batch(Batch([make_accounting([make_event(1, at)], at)]))
     (hour,) = store.hourly_rows()
     assert hour.start == datetime(1969, 12, 31, 23, 0, tzinfo=UTC)
+
+
+def test_events_without_a_time_of_their_own_are_stored_once(store: Store) -> None:
+    """A gateway request (stamped when seen) accounted twice, seconds apart, is one row."""
+    first = make_event(1, T0)
+    again = make_event(1, T0 + timedelta(seconds=7))
+    store.commit_batch(Batch([make_accounting([first], T0)]))
+    result = store.commit_batch(Batch([make_accounting([again], T0 + timedelta(seconds=7))]))
+    assert (result.events_inserted, result.events_ignored) == (0, 1)
+    (hour,) = store.hourly_rows()
+    assert (hour.requests, hour.events) == (1, 1)
+
+
+def test_a_far_future_row_left_by_an_older_version_does_not_stop_a_restore(
+    store: Store, db_path: Path
+) -> None:
+    """Rows outside datetime's range (stored before times were range-checked) still load."""
+    store.commit_batch(Batch([make_accounting([make_event(1)])]))
+    with closing(raw(db_path)) as conn:
+        conn.execute("UPDATE events SET occurred_at = 253402300800.5")  # year 10000
+    (event,) = store.load().events
+    assert event.occurred_at == datetime.max.replace(tzinfo=UTC)
+    assert len(store.events()) == 1
+
+
+def test_aggregated_costs_keep_every_digit(store: Store) -> None:
+    """Per-minute sums come back from SQLite through JSON without losing the last digit."""
+    cost = 0.1 + 0.2  # 0.30000000000000004: 15 significant digits would print 0.3
+    store.commit_batch(Batch([make_accounting([make_event(1, cost=cost)])]))
+    (hour,) = store.hourly_rows()
+    (day,) = store.daily_rows()
+    assert hour.cost_usd == cost
+    assert day.cost_usd == cost
