@@ -21,8 +21,9 @@ every ``engine_interval`` seconds, on first contact with a source, and on flush/
 results in between are replayed from the database on load (see the store's docstring).
 
 Back-pressure: if the disk falls behind (or commits keep failing) pending results stay in
-memory. Past ``max_pending`` of them, :meth:`StoreWriter.throttle` -- which the ingestion loop
-awaits after ``submit`` -- blocks until the writer catches up. Blocking ingestion is safe:
+memory. Past ``max_pending`` of them, or ``max_pending_events`` events in them,
+:meth:`StoreWriter.throttle` -- which the ingestion loop awaits after ``submit`` -- blocks
+until the writer catches up. Blocking ingestion is safe:
 what the proxy sends meanwhile is accounted when reading resumes (as events still in its
 window, the rest as unattributed growth of its totals), so memory stays bounded and nothing
 is dropped silently.
@@ -68,6 +69,7 @@ class _Pending:
     """What has been submitted and not yet committed (or was handed back by a failed commit)."""
 
     results: list[Accounting] = field(default_factory=list)
+    events: int = 0  # in the results (a result without events counts as one)
     states: dict[str, bytes] = field(default_factory=dict)
     # Per source, how to take its state when the batch is cut (encoded only then).
     state_factories: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
@@ -125,11 +127,14 @@ class StoreWriter:
         store: Store,
         *,
         max_delay: float = 0.2,
-        # Small on purpose: under flood every pending result holds ~20 events in memory and in
-        # the collector's young generations (pauses of up to 14 ms at 750), and a commit of
-        # 50 results (~1,000 events) costs no throughput against bigger ones (bench/README.md).
+        # Small on purpose: under flood a proxy result holds 20 events, in memory and in the
+        # collector's young generations (pauses of up to 14 ms at 750 results), and a commit
+        # of 50 results (~1,000 events) costs no throughput against bigger ones
+        # (bench/README.md). The backlog is bounded in events too, so that one-event results
+        # (gateway requests) keep a buffer of hundreds.
         max_batch: int = 50,
-        max_pending: int = 100,
+        max_pending: int = 750,
+        max_pending_events: int = 2_000,
         engine_interval: float = 30.0,
         state_interval: float = 60.0,
         prune_interval: float | None = 3600.0,
@@ -145,6 +150,7 @@ class StoreWriter:
         self.max_delay = max_delay
         self.max_batch = max_batch
         self.max_pending = max_pending
+        self.max_pending_events = max_pending_events
         self.engine_interval = engine_interval
         self.state_interval = state_interval
         self.prune_interval = prune_interval
@@ -210,6 +216,7 @@ class StoreWriter:
         self._factory = engine_state_factory
         if not accounting.is_empty or accounting.proxy_restart:
             pending.results.append(accounting)
+            pending.events += len(accounting.events) or 1
             if pending.since is None:
                 pending.since = now
         elif pending.state_since is None:
@@ -239,8 +246,8 @@ class StoreWriter:
         self._poke()
 
     async def throttle(self) -> None:
-        """Wait while more than ``max_pending`` results are waiting for the disk."""
-        while self.pending >= self.max_pending and not self._closed:
+        """Wait while ``max_pending`` results or ``max_pending_events`` events wait for the disk."""
+        while self._backlogged and not self._closed:
             if self._drained is None:
                 self._drained = anyio.Event()
             await self._drained.wait()
@@ -250,6 +257,13 @@ class StoreWriter:
             self._wake.set()
 
     # -- observability -----------------------------------------------------------------
+
+    @property
+    def _backlogged(self) -> bool:
+        events = self._pending.events
+        if self._inflight is not None:
+            events += self._inflight.events
+        return self.pending >= self.max_pending or events >= self.max_pending_events
 
     @property
     def pending(self) -> int:
@@ -414,7 +428,7 @@ class StoreWriter:
         if self.failures and self.last_error is not None:
             log.info("commits succeed again", batch=result.batch)
             self.last_error = None
-        if self._drained is not None and self.pending < self.max_pending:
+        if self._drained is not None and not self._backlogged:
             self._drained.set()
             self._drained = None
         return True
@@ -428,6 +442,7 @@ class StoreWriter:
             states.pop(source, None)
         merged = _Pending(
             results=part.results + newer.results,
+            events=part.events + newer.events,
             states=states,
             state_factories=dict(newer.state_factories),
             alerts=part.alerts + newer.alerts,

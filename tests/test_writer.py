@@ -228,6 +228,29 @@ async def test_throttle_blocks_ingestion_until_the_disk_catches_up() -> None:
         assert writer.pending < 4
 
 
+async def test_throttle_also_counts_events() -> None:
+    """A few big results (a proxy's 20-event windows) throttle at max_pending_events, long
+    before max_pending results; one-event results are bounded by max_pending alone."""
+    stub = StubStore(delay=0.2)
+    options = {"max_delay": 0.01, "max_batch": 2, "max_pending": 100, "max_pending_events": 30}
+    async with running(make_writer(stub, **options)) as writer:
+        wide = Accounting("default", T0, tuple(event(index) for index in range(20)))
+        writer.submit(wide, {}, empty_engine)
+        started = time.perf_counter()
+        await writer.throttle()  # 20 events < 30
+        assert time.perf_counter() - started < 0.05
+        writer.submit(wide, {}, empty_engine)
+        await writer.throttle()  # 40 events >= 30: waits for the disk
+        assert time.perf_counter() - started > 0.05
+        assert writer.pending < 2
+        await writer.flush()
+        for index in range(29):
+            writer.submit(result(index), {}, empty_engine)
+        started = time.perf_counter()
+        await writer.throttle()  # 29 one-event results < 30: no wait
+        assert time.perf_counter() - started < 0.05
+
+
 async def test_engine_state_is_periodic_and_restores_exactly_after_a_crash(tmp_path: Path) -> None:
     """The engine state is saved on first contact, then at most every engine_interval; a Store
     opened before aclose (as after kill -9) still restores the engine exactly by replay."""
