@@ -6,7 +6,8 @@ Three measures, each measured in ``bench/bench_footprint.py`` (see bench/README.
   pygments) and structlog its rich tracebacks whenever rich is installed, which it is for
   ``watch`` and ``status``. The daemon uses neither (its tracebacks are plain, without
   locals), and leaving them out saves ~3.4 MiB of RSS. Call it first thing in the process
-  that will serve, before httpx or structlog are imported.
+  that will serve, before httpx or structlog are imported; code that runs in that process
+  must not import rich (the views live in ``render``, used by the CLI and the demo only).
 - :func:`freeze_startup_objects`: what exists once the daemon serves (modules, restored
   state) lives as long as the process; ``gc.freeze`` keeps full collections from walking
   it again and again under load.
@@ -17,7 +18,6 @@ Three measures, each measured in ``bench/bench_footprint.py`` (see bench/README.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import sys
 from collections.abc import Callable
@@ -47,11 +47,9 @@ def freeze_startup_objects() -> None:
 
 @cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The symbols already loaded into this process (find_library would run ldconfig).
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (macOS, musl)
         return None
     trim.argtypes = [ctypes.c_size_t]

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
@@ -446,7 +447,8 @@ async def _release_memory(service: Service) -> None:
         now = service.engine.events_processed()
         if now != processed:
             processed = now
-            lean.release_free_memory()
+            # A walk of the heap under its lock: not on the event loop.
+            await anyio.to_thread.run_sync(lean.release_free_memory)
 
 
 async def _watchdog() -> None:
