@@ -84,8 +84,10 @@ def next_bucket_start(start: float, kind: BucketKind, zone: tzinfo) -> float:
 class BucketStarts:
     """Minute, hour and day bucket starts of an epoch time, memoised per UTC minute.
 
-    Every zone's offset is a whole number of minutes, so the local minute starts with the
-    UTC minute and the three starts depend only on it. Bounded: the memo is cleared past
+    Every zone's offset since 1972 is a whole number of minutes, so the local minute starts
+    with the UTC minute and the three starts depend only on it. (Before that a few zones
+    had offsets with seconds, e.g. Africa/Monrovia: an event in the first seconds of one
+    of their local hours may count in the hour before.) Bounded: the memo is cleared past
     4096 minutes (events of one run mostly share a few).
     """
 
