@@ -16,9 +16,9 @@ Usage: python bench/bench_reconciler.py [N] [REPEATS]
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -62,8 +62,11 @@ def best_of(repeats: int, stage: Callable[[], object]) -> float:
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("count", type=int, nargs="?", default=5000, help="frames")
+    parser.add_argument("repeats", type=int, nargs="?", default=5, help="runs of each stage")
+    args = parser.parse_args()
+    count, repeats = args.count, args.repeats
     frames, new_events = record_frames(count)
     observed = datetime.now(UTC)
 

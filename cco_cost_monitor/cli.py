@@ -63,7 +63,10 @@ def common_options(func: F) -> F:
         click.option(
             "--state-dir",
             type=click.Path(file_okay=False, path_type=Path),
-            help="State directory (default $CCO_MONITOR_HOME or ~/.cco-monitor).",
+            help=(
+                "State directory (default $CCO_MONITOR_HOME, else systemd's "
+                "$STATE_DIRECTORY, else ~/.cco-monitor)."
+            ),
         ),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
         click.option(
