@@ -256,23 +256,16 @@ def parse_timestamp(value: str | None) -> datetime | None:
     return parsed
 
 
-def _full_date_time(text: str, separators: str) -> bool:
-    """``YYYY-MM-DD?HH:MM:SS`` at the start, any fraction only right after the seconds.
-
-    Python 3.11's ``fromisoformat`` also reads shortened times (``18:27.01`` as 18:27:00.01)
-    that RFC 3339 does not have, with a value nobody meant: those are refused here.
-    """
-    if len(text) < 20 or text[10] not in separators:
-        return False
-    if text[4] != "-" or text[7] != "-" or text[13] != ":" or text[16] != ":":
-        return False
-    dot = text.find(".")
-    return dot in (-1, 19)
+#: The separators of ``YYYY-MM-DD?HH:MM:SS`` (characters 4, 7, 10, 13 and 16), as read by
+#: ``text[4:17:3]``: Python 3.11's ``fromisoformat`` also reads shortened times
+#: (``18:27.01`` as 18:27:00.01) that RFC 3339 does not have, with a value nobody meant.
+_PROXY_SHAPE = "--T::"
+_RFC_3339_SHAPES = ("--T::", "--t::", "-- ::")
 
 
 def _parse_fast(value: str) -> datetime | None:
     """``fromisoformat`` for the proxy's own shape (``T``, no padding), else ``None``."""
-    if not _full_date_time(value, "T"):
+    if len(value) < 20 or value[4:17:3] != _PROXY_SHAPE:
         return None
     try:
         parsed = datetime.fromisoformat(value)
@@ -286,7 +279,7 @@ def _parse_lenient(value: str) -> datetime | None:
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
-    if not _full_date_time(text, "Tt "):
+    if len(text) < 20 or text[4:17:3] not in _RFC_3339_SHAPES:
         return None
     # Python keeps microseconds: cut nanosecond digits before parsing (identity keeps them).
     dot = text.find(".")
