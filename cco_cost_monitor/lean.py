@@ -1,6 +1,6 @@
 """The daemon's own footprint: imports it never uses, collector work, memory given back.
 
-Three measures, each measured in ``bench/bench_footprint.py`` (see bench/README.md):
+Three measures, each measured in ``bench/`` (figures in bench/README.md):
 
 - :func:`skip_unused_optional_imports`: httpx imports its command line (click, rich,
   pygments) and structlog its rich tracebacks whenever rich is installed, which it is for
