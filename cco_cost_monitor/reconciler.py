@@ -1,29 +1,33 @@
 """Exactly-once accounting: from repeated proxy snapshots to accounted facts. Pure, no I/O.
 
-The proxy's events carry no id and every snapshot repeats the last 20 of them, so a
-:class:`Reconciler` (one per source) remembers what it has counted, by content, in a
-bounded ordered set, and compares the proxy's cumulative totals between snapshots.
+The proxy's events carry no id and every snapshot repeats the last 20 of them. A
+:class:`Reconciler` (one per source) remembers the previous window and counts what follows its
+end (:mod:`~cco_cost_monitor.ring`: duplicates kept, twins get their own keys), and settles
+the proxy's cumulative totals against the events seen (:mod:`~cco_cost_monitor.settlement`:
+a snapshot is not atomic, so only settled counters are compared).
 
 Per snapshot it returns an :class:`Accounting`: the newly seen events, priced, and an
-:class:`Unattributed` remainder. The invariant it keeps, per source::
+:class:`Unattributed` remainder once it is proven. The invariant it keeps, per source::
 
     attributed cost + unattributed cost == growth of project.cost since first contact
 
-(summed over proxy restarts); likewise for requests against ``project.calls``.
+(summed over proxy restarts, exact at every quiet point); likewise for requests against
+``project.calls``.
 
 Rules (see docs/accounting.md for the worked reasoning):
 
 - **First contact**: the totals and the events already in the window are history. They
   set the baseline and count nothing.
-- **Gap**: the growth of ``calls``/``cost`` beyond the new request events (``api_call``,
-  ``cache_hit``) is unattributed spend (bursts beyond the window, events that scrolled
-  out while disconnected). It is never dropped and never counted twice.
-- **Proxy restart**: ``machine.uptime`` or a total going down, or a window that is not
-  full and lacks the previous window's newest event. The ring restarts empty, so every event in the
-  first window after a restart is new; the reloaded total is ``total - new events``.
-  When that window is full, more post-restart events may have scrolled out: the
-  reloaded total is then taken as at most the last total seen before the restart and
-  the difference is unattributed with reason ``restart_overflow`` (an estimate).
+- **Gap**: growth of ``calls``/``cost`` that no event explains, once settled, is
+  unattributed spend (bursts beyond the window, events that scrolled out while
+  disconnected). It is never dropped, never counted twice, never negative.
+- **Proxy restart**: ``machine.uptime`` or a total going down, a change of wire format, or a
+  window shorter than 20 that does not continue the previous one -- never a window with
+  more new events than ``calls`` grew by (a busy proxy). The old run is settled against its
+  last snapshot; every event of the new run's first window is new. A full first window may
+  hide scrolled-out events: the remainder is labelled ``restart_overflow`` (an estimate).
+- A window longer than the proxy's 20 is not believed: its events are not counted, the
+  counters account what it claims (``oversized_windows``).
 - ``model_override`` is its own kind: never a request, never cost.
 - Old ``{cache, models, totals}`` format: spend is the per-model growth of the totals.
 - Gateway stream: ``request_id`` is the identity; ``started`` gives the model, joined with
@@ -36,11 +40,13 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import islice
 from typing import Any, Literal
 
 from cco_cost_monitor.pricing import PriceTable, Tier, tier_of
+from cco_cost_monitor.ring import Occurrences, overlap
+from cco_cost_monitor.settlement import SETTLE_SECONDS, Counters, Settlement, Shortfall
 from cco_cost_monitor.wire import (
     ActivityEvent,
     Frame,
@@ -70,6 +76,8 @@ REQUEST_EVENT_TYPES = frozenset({"api_call", "cache_hit"})
 PROXY_WINDOW = 20
 COST_EPSILON = 1e-9
 PERSISTED_KEYS = 512
+#: Content keys whose occurrences are numbered (identical events are close in the ring).
+OCCURRENCE_MEMORY = 256
 
 CostBasis = Literal["recorded", "apportioned", "calculated", "none"]
 
@@ -181,7 +189,7 @@ class Unattributed:
     requests: int
     cost_usd: float
     lost_events: int
-    reason: Literal["gap", "restart_overflow", "lag"]
+    reason: Literal["gap", "restart_overflow", "restart_gap", "lag"]
     # Start of the interval the remainder happened in (the previous snapshot), so that
     # spend found after a long disconnect is spread over it instead of spiking.
     since: datetime | None = None
@@ -216,7 +224,11 @@ class Accounting:
 
 @dataclass
 class SourceState:
-    """Everything a reconciler must remember about one source; saved with what it counted."""
+    """Everything a reconciler must remember about one source; saved with what it counted.
+
+    The JSON keys of :meth:`to_dict` are read back by every later version (and by
+    ``db check``): add keys, never rename them.
+    """
 
     kind: Literal["analytics", "gateway"] = "analytics"
     baseline_set: bool = False
@@ -226,14 +238,14 @@ class SourceState:
     last_calls: int | None = None
     last_uptime: int | None = None
     last_snapshot_at: str | None = None
-    # Key of the newest event of the previous window: a window that is not full and
-    # lacks it can only come from a restarted proxy (its ring restarts empty).
-    last_window_tail: str | None = None
+    # Content keys of the previous window, oldest first, duplicates kept: the next window
+    # starts with its end (ring.overlap), and what follows is new.
+    last_window: list[str] = field(default_factory=list)
+    # The shape of the events last seen: another shape is another proxy binary.
+    signature: str = ""
     proxy_cost: float | None = None
     proxy_restarts: int = 0
     gaps: int = 0
-    growth_cost: float = 0.0
-    growth_requests: int = 0
     attributed_cost: float = 0.0
     attributed_requests: int = 0
     unattributed_cost: float = 0.0
@@ -241,12 +253,21 @@ class SourceState:
     lost_events: int = 0
     proxy_errors: int = 0
     pending_evicted: int = 0
+    oversized_windows: int = 0
+    last_oversized_at: str | None = None
     old_models: dict[str, list[float]] = field(default_factory=dict)
     pending: dict[str, list[str | None]] = field(default_factory=dict)
 
-    def to_dict(self, seen: BoundedKeySet) -> dict[str, Any]:
+    def to_dict(
+        self, seen: BoundedKeySet, settlement: Settlement, occurrences: Occurrences
+    ) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["seen"] = seen.newest(PERSISTED_KEYS)
+        data["settlement"] = settlement.to_dict()
+        data["occurrences"] = occurrences.items()
+        # Written for earlier readers of the state (db check and older versions).
+        data["growth_cost"] = self.attributed_cost + self.unattributed_cost
+        data["growth_requests"] = self.attributed_requests + self.unattributed_requests
         return data
 
     @classmethod
@@ -254,7 +275,11 @@ class SourceState:
         values = dict(data)
         seen = list(values.pop("seen", []))
         known = {key: value for key, value in values.items() if key in cls.__dataclass_fields__}
-        return cls(**known), seen
+        state = cls(**known)
+        if "last_window" not in values and state.kind == "analytics":
+            # Saved before windows were kept whole: the newest keys, in the order counted.
+            state.last_window = seen[-PROXY_WINDOW:]
+        return state, seen
 
 
 class Reconciler:
@@ -269,6 +294,7 @@ class Reconciler:
         capacity: int = 10_000,
         pending_capacity: int = 10_000,
         window: int = PROXY_WINDOW,
+        settle_seconds: float = SETTLE_SECONDS,
         state: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
@@ -277,14 +303,21 @@ class Reconciler:
         self.pending_capacity = pending_capacity
         if state is not None:
             self.state, keys = SourceState.from_dict(state)
-            self.seen = BoundedKeySet(capacity, keys)
+            # Gateway request ids; the analytics path needs only the last window.
+            self.seen = BoundedKeySet(capacity, keys if self.state.kind == "gateway" else ())
+            self.settlement = Settlement(state.get("settlement"), settle_seconds=settle_seconds)
+            self.occurrences = Occurrences(
+                OCCURRENCE_MEMORY, (tuple(item) for item in state.get("occurrences", []))
+            )
         else:
             self.state = SourceState(kind=kind)
             self.seen = BoundedKeySet(capacity)
+            self.settlement = Settlement(settle_seconds=settle_seconds)
+            self.occurrences = Occurrences(OCCURRENCE_MEMORY)
 
     def snapshot_state(self) -> dict[str, Any]:
         """The state to persist together with the accounting it produced."""
-        return self.state.to_dict(self.seen)
+        return self.state.to_dict(self.seen, self.settlement, self.occurrences)
 
     # -- entry point -----------------------------------------------------------------
 
@@ -301,14 +334,14 @@ class Reconciler:
 
     # -- current format --------------------------------------------------------------
 
-    def _restarted(self, snap: Snapshot, keys: list[str]) -> bool:
+    def _restarted(self, snap: Snapshot, window: list[str], common: int, signature: str) -> bool:
+        """The signs of a new proxy process the spec lists, and nothing a race can produce."""
         state = self.state
-        if (
-            state.last_window_tail is not None
-            and len(keys) < self.window
-            and state.last_window_tail not in keys
-        ):
-            return True
+        previous = state.last_window
+        if previous and len(window) < self.window and common < len(previous):
+            return True  # a ring that has not wrapped always ends with the previous window
+        if _format_changed(state.signature, signature):
+            return True  # another wire format: another binary
         calls, cost, uptime = snap.project.calls, snap.project.cost, snap.machine.uptime
         if uptime is not None and state.last_uptime is not None and uptime < state.last_uptime:
             return True
@@ -320,25 +353,19 @@ class Reconciler:
             and (cost < state.last_cost - COST_EPSILON)
         )
 
-    def _grew_less_than_seen(
-        self, calls: int | None, cost: float | None, new_requests: int, events: list[AccountedEvent]
-    ) -> bool:
-        """Totals that grew by less than the new events they must include: a proxy restart.
+    def _window(self, snap: Snapshot, observed_at: datetime) -> tuple[list[ActivityEvent], bool]:
+        """The window, never longer than the proxy's, and whether it was longer.
 
-        Catches a restart the other signs miss: the monitor was away longer than the new
-        uptime, the new window is full, and the reloaded totals have climbed past the old.
+        The proxy sends at most 20 events. The events of a longer window are not believed (a
+        hostile stream could make any number look new); its newest 20 are remembered as seen,
+        so the counters account the requests it claims, as unattributed, exactly once.
         """
-        state = self.state
-        if (
-            calls is not None
-            and state.last_calls is not None
-            and (calls - state.last_calls < new_requests)
-        ):
-            return True
-        recorded = [event.recorded_cost_usd for event in events if event.requests]
-        if cost is None or state.last_cost is None or any(c is None for c in recorded):
-            return False
-        return cost - state.last_cost < sum(c or 0.0 for c in recorded) - COST_EPSILON
+        activity = snap.activity
+        if len(activity) > self.window:
+            self.state.oversized_windows += 1
+            self.state.last_oversized_at = observed_at.isoformat()
+            return activity[-self.window :], True
+        return activity, False
 
     def _apply_snapshot(self, snap: Snapshot, observed_at: datetime) -> Accounting:
         state = self.state
@@ -346,92 +373,139 @@ class Reconciler:
         cost = None if snap.project.cost is None else float(snap.project.cost)
         uptime = snap.machine.uptime
         snapshot_at = parse_timestamp(snap.project.last_updated)
-        keys = [digest(event_key(event)) for event in snap.activity]
+        activity, oversized = self._window(snap, observed_at)
+        window = [digest(event_key(event)) for event in activity]
+        signature = _signature(activity)
 
         if not state.baseline_set:
-            for key in keys:
-                self.seen.add(key)
             state.baseline_set = True
             state.baseline_cost = cost or 0.0
             state.baseline_calls = calls or 0
-            state.last_window_tail = keys[-1] if keys else None
             self._remember_totals(cost, calls, uptime, snapshot_at, observed_at)
+            self._remember_window(window, signature)
+            self.settlement.start(
+                self._counters(calls, cost, snapshot_at, observed_at),
+                state.unattributed_requests,
+                state.unattributed_cost,
+                estimated=False,
+            )
             return Accounting(self.source, observed_at, first_contact=True)
 
-        new_pairs = [
-            (key, event)
-            for key, event in zip(keys, snap.activity, strict=True)
-            if key not in self.seen
+        previous = state.last_window
+        previous_at = state.last_snapshot_at
+        common = overlap(previous, window)
+        restart = self._restarted(snap, window, common, signature)
+        fresh = [] if oversized else list(zip(window[common:], activity[common:], strict=True))
+        events = [
+            self._account_activity(self.occurrences.key(key), event, observed_at)
+            for key, event in fresh
         ]
-        events = [self._account_activity(key, event, observed_at) for key, event in new_pairs]
-        # Remembered only once they are accounted: a failure above leaves them unseen.
-        for key, _ in new_pairs:
-            self.seen.add(key)
         new_requests = sum(event.requests for event in events)
-        # Only with a full window: a short one is judged by its tail (above), and a proxy
-        # that updated its ring before its totals must not look like a restart.
-        restart = self._restarted(snap, keys) or (
-            len(keys) >= self.window
-            and self._grew_less_than_seen(calls, cost, new_requests, events)
-        )
+        if not restart and calls is not None and state.last_calls is not None:
+            # Events of the first window that are not in `calls` yet (a snapshot is not atomic)
+            # are new all the same; only those of early-format events need the growth.
+            delta_cost = None if cost is None or state.last_cost is None else cost - state.last_cost
+            if calls - state.last_calls == new_requests and delta_cost is not None:
+                events = self._apportion(events, delta_cost)
+        accounting_events = tuple(events)
+        for event in accounting_events:
+            state.attributed_cost += event.cost_usd
+            state.attributed_requests += event.requests
 
-        unattributed_requests = 0
-        unattributed_cost = 0.0
-        reason: Literal["gap", "restart_overflow"] = "gap"
+        full = len(window) >= self.window
+        closing = None
         if restart:
             state.proxy_restarts += 1
+            closing = self.settlement.close(state.unattributed_requests, state.unattributed_cost)
+            if closing is not None:
+                state.unattributed_requests += closing.requests
+                state.unattributed_cost += closing.cost
             new_cost = sum(event.cost_usd for event in events)
-            if calls is not None and cost is not None and len(snap.activity) >= self.window:
-                # Post-restart events may have scrolled out; the reloaded total is at most
-                # what we saw before the restart.
-                reloaded_calls = calls - new_requests
-                reloaded_cost = cost - new_cost
-                if state.last_calls is not None:
-                    unattributed_requests = max(0, reloaded_calls - state.last_calls)
-                if state.last_cost is not None:
-                    unattributed_cost = max(0.0, reloaded_cost - state.last_cost)
+            reloaded_calls = (calls or 0) - new_requests
+            reloaded_cost = (cost or 0.0) - new_cost
+            reason: Literal["gap", "restart_overflow", "restart_gap"] = "restart_gap"
+            if full:
+                # Post-restart events may have scrolled out unseen: the reloaded total is taken
+                # as at most what was seen before the restart (an estimate, labelled).
                 reason = "restart_overflow"
-        else:
-            delta_calls = None
-            delta_cost = None
-            if calls is not None and state.last_calls is not None:
-                delta_calls = calls - state.last_calls
-                unattributed_requests = delta_calls - new_requests
-            if cost is not None and state.last_cost is not None:
-                delta_cost = cost - state.last_cost
-            explained_calls = delta_calls is None or unattributed_requests == 0
-            events = self._apportion(
-                events, delta_cost if explained_calls and delta_cost is not None else None
+                if state.last_calls is not None:
+                    reloaded_calls = min(reloaded_calls, state.last_calls)
+                if state.last_cost is not None:
+                    reloaded_cost = min(reloaded_cost, state.last_cost)
+            self.settlement.start(
+                Counters(
+                    reloaded_calls,
+                    reloaded_cost,
+                    state.attributed_requests - new_requests,
+                    state.attributed_cost - new_cost,
+                    observed_at.timestamp(),
+                    None if snapshot_at is None else snapshot_at.timestamp(),
+                ),
+                state.unattributed_requests,
+                state.unattributed_cost,
+                estimated=True,
+                loss=full,
+                reason=reason,
             )
-            if delta_cost is not None:
-                unattributed_cost = delta_cost - sum(event.cost_usd for event in events)
-        if abs(unattributed_cost) < COST_EPSILON:
-            unattributed_cost = 0.0
-
+        self._remember_totals(cost, calls, uptime, snapshot_at, observed_at)
+        shortfall = self.settlement.observe(
+            self._counters(calls, cost, snapshot_at, observed_at),
+            unchanged=not oversized and common == len(previous) == len(window),
+            loss=not restart and full and common == 0,
+            unexplained_requests=state.unattributed_requests,
+            unexplained_cost=state.unattributed_cost,
+        )
+        if shortfall is not None:
+            state.unattributed_cost += shortfall.cost
+            state.unattributed_requests += shortfall.requests
+        if closing is not None and shortfall is not None:  # not seen: the run just started
+            shortfall = Shortfall(
+                closing.requests + shortfall.requests, closing.cost + shortfall.cost, "gap"
+            )
+        shortfall = shortfall or closing
         unattributed = None
-        if unattributed_requests or unattributed_cost:
+        if shortfall is not None:
             state.gaps += 1
-            previous = state.last_snapshot_at
             unattributed = Unattributed(
                 self.source,
                 snapshot_at or observed_at,
-                unattributed_requests,
-                unattributed_cost,
+                shortfall.requests,
+                shortfall.cost,
                 0,
-                reason,
-                None if restart or previous is None else datetime.fromisoformat(previous),
+                shortfall.reason,
+                None if previous_at is None else datetime.fromisoformat(previous_at),
             )
-        state.last_window_tail = keys[-1] if keys else None
-        self._remember_totals(cost, calls, uptime, snapshot_at, observed_at)
-        accounting = Accounting(
+        self._remember_window(window, signature)
+        return Accounting(
             self.source,
             observed_at,
-            tuple(events),
+            accounting_events,
             unattributed,
             proxy_restart=restart,
         )
-        self._count(accounting)
-        return accounting
+
+    def _counters(
+        self,
+        calls: int | None,
+        cost: float | None,
+        snapshot_at: datetime | None,
+        observed_at: datetime,
+    ) -> Counters:
+        """This snapshot's counters (the last known where one is missing) and events counted."""
+        state = self.state
+        return Counters(
+            calls if calls is not None else (state.last_calls or 0),
+            cost if cost is not None else (state.last_cost or 0.0),
+            state.attributed_requests,
+            state.attributed_cost,
+            observed_at.timestamp(),
+            None if snapshot_at is None else snapshot_at.timestamp(),
+        )
+
+    def _remember_window(self, window: list[str], signature: str) -> None:
+        self.state.last_window = window
+        if signature != "current" or not self.state.signature.startswith("current"):
+            self.state.signature = signature
 
     def _remember_totals(
         self,
@@ -460,8 +534,6 @@ class Reconciler:
             state.unattributed_cost += accounting.unattributed.cost_usd
             state.unattributed_requests += accounting.unattributed.requests
             state.lost_events += accounting.unattributed.lost_events
-        state.growth_cost = state.attributed_cost + state.unattributed_cost
-        state.growth_requests = state.attributed_requests + state.unattributed_requests
 
     def _account_activity(
         self, key: str, event: ActivityEvent, observed_at: datetime
@@ -554,8 +626,11 @@ class Reconciler:
             state.old_models = totals
             state.last_cost, state.last_calls, state.proxy_cost = cost, requests, cost
             state.last_snapshot_at = observed_at.isoformat()
+            state.signature = "old"
             return Accounting(self.source, observed_at, first_contact=True)
-        restart = state.last_calls is not None and requests < state.last_calls
+        restart = (state.last_calls is not None and requests < state.last_calls) or (
+            _format_changed(state.signature, "old")
+        )
         events: list[AccountedEvent] = []
         if restart:
             # The old format has no event window: spend between the restart and this
@@ -606,6 +681,7 @@ class Reconciler:
         state.old_models = totals
         state.last_cost, state.last_calls, state.proxy_cost = cost, requests, cost
         state.last_snapshot_at = observed_at.isoformat()
+        state.signature = "old"
         accounting = Accounting(
             self.source, observed_at, tuple(events), unattributed, proxy_restart=restart
         )
@@ -721,5 +797,17 @@ def _replace_cost(event: AccountedEvent, cost: float, basis: CostBasis) -> Accou
     return AccountedEvent(**values)
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+def _signature(activity: list[ActivityEvent]) -> str:
+    """The format of a current snapshot: with the event shape when it has events."""
+    if not activity:
+        return "current"
+    return "current/eight" if "cost" in activity[-1].model_fields_set else "current/six"
+
+
+def _format_changed(before: str, now: str) -> bool:
+    """Whether two format signatures prove different binaries (unknown parts prove nothing)."""
+    if not before or not now or before == now:
+        return False
+    if (before == "old") != (now == "old"):
+        return True
+    return before != "current" and now != "current"

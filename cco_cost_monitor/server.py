@@ -40,6 +40,7 @@ from cco_cost_monitor.pidlock import PidLock
 from cco_cost_monitor.pricing import PriceTable
 from cco_cost_monitor.projections import project
 from cco_cost_monitor.reconciler import Accounting, Reconciler
+from cco_cost_monitor.settlement import settle_seconds
 from cco_cost_monitor.source import SseSource
 from cco_cost_monitor.store import AlertRecord, Store
 from cco_cost_monitor.summary import SourceView, build_health, build_summary
@@ -120,6 +121,7 @@ class Service:
             kind=spec.effective_kind,
             capacity=self.settings.dedupe_capacity,
             pending_capacity=self.settings.pending_gateway_requests,
+            settle_seconds=settle_seconds(self.settings.snapshot_interval_seconds),
             state=state,
         )
 

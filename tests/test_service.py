@@ -66,7 +66,7 @@ def test_reload_cannot_leave_a_non_loopback_bind_without_a_token(tmp_path: Path)
 
 def test_results_reach_the_writer_even_when_the_engine_fails(tmp_path: Path) -> None:
     """If aggregating a frame fails, its accounting is still saved with the advanced state."""
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
     from typing import Any
 
     from cco_cost_monitor.wire import parse_frame
@@ -87,10 +87,13 @@ def test_results_reach_the_writer_even_when_the_engine_fails(tmp_path: Path) -> 
     now = datetime.now(UTC)
     base = '{"project": {"cost": 1.0, "calls": 1}, "machine": {"uptime": 5}, "activity": []}'
     service.on_frame(spec, parse_frame("analytics", base), now)
-    service.engine.record = broken  # type: ignore[method-assign]
     grown = '{"project": {"cost": 3.0, "calls": 4}, "machine": {"uptime": 10}, "activity": []}'
+    service.on_frame(spec, parse_frame("analytics", grown), now)
+    service.engine.record = broken  # type: ignore[method-assign]
+    # The growth is settled (and accounted) once a later snapshot confirms it.
+    settled = '{"project": {"cost": 3.0, "calls": 4}, "machine": {"uptime": 15}, "activity": []}'
     with pytest.raises(RuntimeError):
-        service.on_frame(spec, parse_frame("analytics", grown), now)
+        service.on_frame(spec, parse_frame("analytics", settled), now + timedelta(seconds=10))
     accounting, state = submitted[-1]
     assert accounting.requests == 3
     assert state["last_calls"] == 4

@@ -1002,3 +1002,40 @@ def test_aggregated_costs_keep_every_digit(store: Store) -> None:
     (day,) = store.daily_rows()
     assert hour.cost_usd == cost
     assert day.cost_usd == cost
+
+
+def test_identical_events_are_two_rows_and_check_agrees(store: Store, db_path: Path) -> None:
+    """Two byte-identical proxy events (twins) are two stored requests, and db check agrees."""
+    reconciler = Reconciler("default", PriceTable.default())
+    twin = {
+        "timestamp": "2025-11-17T22:00:01.000001+00:00",
+        "event_type": "api_call",
+        "agent_name": None,
+        "model": "claude-sonnet-4",
+        "tokens": 150,
+        "latency_ms": 0,
+        "status": "success",
+        "cost": 0.00105,
+    }
+
+    def snapshot(calls: int, activity: list[dict[str, Any]], second: int) -> Accounting:
+        body = {
+            "project": {
+                "cost": 0.00105 * calls,
+                "calls": calls,
+                "last_updated": f"2025-11-17T22:00:{second:02d}+00:00",
+            },
+            "machine": {"uptime": 100 + second},
+            "activity": activity,
+        }
+        frame = parse_frame("analytics", json.dumps(body))
+        return reconciler.apply(frame, T0 + timedelta(seconds=second))
+
+    results = [
+        snapshot(0, [], 0),
+        snapshot(2, [twin, twin], 5),
+        snapshot(2, [twin, twin], 10),
+    ]
+    store.commit_batch(Batch(results, {"default": reconciler.snapshot_state()}))
+    assert [event.requests for event in store.events()] == [1, 1]
+    assert not [line for line in store.check() if line.startswith(CHECK_FAIL)]

@@ -1,0 +1,273 @@
+"""Settling the proxy's counters against the events seen: what no event explains. Pure.
+
+A snapshot is not an atomic picture (wire-format spec, "What a snapshot does not promise"):
+``calls``, ``cost`` and the ring are read apart while requests finish, so one snapshot can show
+an event its ``calls`` does not include yet, ``cost`` ahead of ``calls``, or (rarely) a total
+whose event appears only in the next snapshot; a snapshot held back by the proxy's save shows
+old ``calls`` next to a newer ring. Comparing one snapshot's counters with its own window is
+therefore wrong in both directions. :class:`Settlement` compares them only where the
+comparison is sound:
+
+- **settled pairs**: every request a snapshot's counters include has its event in the ring a
+  moment later (the proxy writes the record, then the ring). So the counters of a snapshot
+  ``k`` against the events seen up to a snapshot at least :data:`SETTLE_SECONDS` later (by the
+  monitor's clock *and* the proxy's) give a lower bound of what no event will ever explain.
+  Counted as it grows, it is never more than the truth, and never negative.
+- **quiet points**: two settled snapshots with the same counters and the same window mean
+  nothing was in flight: counters and ring agree exactly there. Between two quiet points the
+  unexplained growth is exact; the remainder of the lower bound is counted at the second.
+
+The counters of the point where accounting starts (an *anchor*) come from first contact (the
+contract's baseline: growth is measured from the counters first seen) or from a quiet point.
+When the proxy restarts, its ring is gone and no event of the old run can still come: the last
+snapshot of that run settles it (:meth:`Settlement.close`).
+After a proxy restart the reloaded totals are not known exactly while requests are in flight:
+until the first quiet point nothing is counted as unexplained unless the windows prove a loss
+(then the reloaded total is estimated from the first window, reason ``restart_gap``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["SETTLE_SECONDS", "Counters", "Settlement", "Shortfall", "settle_seconds"]
+
+#: How long after a snapshot's counters were read its requests' events are surely in the ring.
+#: The proxy writes an event microseconds after its record; snapshots fired back to back after a
+#: save are milliseconds apart and must not settle each other. (Less when the proxy's cadence is
+#: faster than 2 s, as in tests and the demo: half the snapshot interval.)
+SETTLE_SECONDS = 1.0
+COST_EPSILON = 1e-9
+#: Snapshots waiting to settle. At one per 5 s only two or three are ever kept; a burst of back-
+#: to-back snapshots is collapsed to its newest.
+PENDING_LIMIT = 64
+
+Reason = Literal["gap", "restart_overflow", "restart_gap"]
+
+
+def settle_seconds(snapshot_interval: float) -> float:
+    """The settle time for a proxy that sends a snapshot every ``snapshot_interval`` seconds."""
+    return min(SETTLE_SECONDS, snapshot_interval / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """One snapshot's counters with the events counted by then and when it was taken."""
+
+    calls: int
+    cost: float
+    seen_requests: int
+    seen_cost: float
+    observed: float
+    proxy_time: float | None
+
+    def settles(self, later: Counters, seconds: float) -> bool:
+        """Whether ``later`` was taken at least ``seconds`` after this one on both clocks."""
+        if later.observed - self.observed < seconds:
+            return False
+        return (
+            self.proxy_time is None
+            or later.proxy_time is None
+            or later.proxy_time - self.proxy_time >= seconds
+        )
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.calls,
+            self.cost,
+            self.seen_requests,
+            self.seen_cost,
+            self.observed,
+            self.proxy_time,
+        ]
+
+    @classmethod
+    def from_list(cls, values: list[Any]) -> Counters:
+        calls, cost, seen_requests, seen_cost, observed, proxy_time = values
+        return cls(
+            int(calls),
+            float(cost),
+            int(seen_requests),
+            float(seen_cost),
+            float(observed),
+            None if proxy_time is None else float(proxy_time),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """Requests and dollars the counters prove that no event explains (both >= 0)."""
+
+    requests: int
+    cost: float
+    reason: Reason
+
+
+class Settlement:
+    """Per proxy run: the anchor, the snapshots waiting to settle, what was counted as unexplained.
+
+    ``seen_*`` arguments are cumulative counts of attributed requests/cost, ``unexplained_*``
+    the cumulative unattributed counts, both as the reconciler keeps them.
+    """
+
+    def __init__(
+        self, state: dict[str, Any] | None = None, *, settle_seconds: float = SETTLE_SECONDS
+    ) -> None:
+        self.settle_seconds = settle_seconds
+        state = state or {}
+        self.anchor: Counters | None = (
+            Counters.from_list(state["anchor"]) if state.get("anchor") else None
+        )
+        # Unattributed counted at the anchor, less any excess found there (see quiet()).
+        self.anchor_unexplained_requests: int = int(state.get("anchor_unexplained_requests", 0))
+        self.anchor_unexplained_cost: float = float(state.get("anchor_unexplained_cost", 0.0))
+        # After a restart, until a quiet point: the reloaded totals are an estimate.
+        self.estimated: bool = bool(state.get("estimated", False))
+        self.loss: bool = bool(state.get("loss", False))
+        self.reason: Reason = state.get("reason", "gap")
+        self.pending: list[Counters] = [Counters.from_list(v) for v in state.get("pending", [])]
+        self.previous: Counters | None = (
+            Counters.from_list(state["previous"]) if state.get("previous") else None
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "anchor": self.anchor.to_list() if self.anchor else None,
+            "anchor_unexplained_requests": self.anchor_unexplained_requests,
+            "anchor_unexplained_cost": self.anchor_unexplained_cost,
+            "estimated": self.estimated,
+            "loss": self.loss,
+            "reason": self.reason,
+            "pending": [c.to_list() for c in self.pending],
+            "previous": self.previous.to_list() if self.previous else None,
+        }
+
+    # -- where accounting starts and ends ----------------------------------------------
+
+    def close(self, unexplained_requests: int, unexplained_cost: float) -> Shortfall | None:
+        """The proxy restarted: settle its last run against the last snapshot seen of it.
+
+        Its ring is gone, so no event of it will ever come: what the last counters show beyond
+        the events seen is a lower bound of what was lost (less only by requests recorded
+        after that snapshot read ``calls``, which the proxy took down with it unsaved).
+        """
+        last = self.previous
+        if last is None or self.anchor is None or (self.estimated and not self.loss):
+            return None
+        return self._shortfall(last, last, unexplained_requests, unexplained_cost)
+
+    def start(
+        self,
+        anchor: Counters,
+        unexplained_requests: int,
+        unexplained_cost: float,
+        *,
+        estimated: bool,
+        loss: bool = False,
+        reason: Reason = "gap",
+    ) -> None:
+        """Begin a proxy run at ``anchor`` (first contact, or the estimate after a restart)."""
+        self.anchor = anchor
+        self.anchor_unexplained_requests = unexplained_requests
+        self.anchor_unexplained_cost = unexplained_cost
+        self.estimated = estimated
+        self.loss = loss
+        self.reason = reason
+        self.pending = []
+        self.previous = anchor
+
+    # -- every snapshot ----------------------------------------------------------------
+
+    def observe(
+        self,
+        now: Counters,
+        *,
+        unchanged: bool,
+        loss: bool,
+        unexplained_requests: int,
+        unexplained_cost: float,
+    ) -> Shortfall | None:
+        """Account one snapshot (its events already counted in ``now.seen_*``).
+
+        ``unchanged``: the window is the previous snapshot's, with no new event. ``loss``: the
+        window does not overlap the previous one, so events may have scrolled out unseen.
+        Returns what became provably unexplained, or ``None``.
+        """
+        self.loss = self.loss or loss
+        previous = self.previous
+        self.previous = now
+        quiet = (
+            unchanged
+            and previous is not None
+            and previous.calls == now.calls
+            and previous.cost == now.cost
+            and previous.settles(now, self.settle_seconds)
+        )
+        if quiet:
+            return self._quiet(now, unexplained_requests, unexplained_cost)
+        settled = None
+        while self.pending and self.pending[0].settles(now, self.settle_seconds):
+            settled = self.pending.pop(0)
+        if settled is not None:
+            # The newest settled snapshot stays first: a later one may settle against it again.
+            self.pending.insert(0, settled)
+        self.pending.append(now)
+        if len(self.pending) > PENDING_LIMIT:
+            del self.pending[1]
+        if settled is None or (self.estimated and not self.loss):
+            return None
+        return self._shortfall(settled, now, unexplained_requests, unexplained_cost)
+
+    def _target(self, counters: Counters, now: Counters) -> tuple[int, float]:
+        anchor = self.anchor
+        if anchor is None:
+            return 0, 0.0
+        requests = (counters.calls - anchor.calls) - (now.seen_requests - anchor.seen_requests)
+        cost = (counters.cost - anchor.cost) - (now.seen_cost - anchor.seen_cost)
+        return requests, cost
+
+    def _shortfall(
+        self, settled: Counters, now: Counters, unexplained_requests: int, unexplained_cost: float
+    ) -> Shortfall | None:
+        target_requests, target_cost = self._target(settled, now)
+        requests = target_requests - (unexplained_requests - self.anchor_unexplained_requests)
+        cost = target_cost - (unexplained_cost - self.anchor_unexplained_cost)
+        requests = max(0, requests)
+        cost = cost if cost > COST_EPSILON else 0.0
+        if not requests and not cost:
+            return None
+        return Shortfall(requests, cost, self.reason if self.estimated else "gap")
+
+    def _quiet(
+        self, now: Counters, unexplained_requests: int, unexplained_cost: float
+    ) -> Shortfall | None:
+        """Counters and ring agree here: settle exactly, then start again from this point."""
+        shortfall = None
+        excess_requests = 0
+        excess_cost = 0.0
+        if not self.estimated or self.loss:
+            target_requests, target_cost = self._target(now, now)
+            requests = target_requests - (unexplained_requests - self.anchor_unexplained_requests)
+            cost = target_cost - (unexplained_cost - self.anchor_unexplained_cost)
+            # Negative only when more was counted than the counters grew by (an event of
+            # the baseline that reached the ring late, or a restart nothing showed): carried
+            # into the next anchor so later growth pays it off first, never shown as negative.
+            excess_requests = min(0, requests)
+            excess_cost = min(0.0, cost) if abs(cost) > COST_EPSILON else 0.0
+            if requests > 0 or cost > COST_EPSILON:
+                shortfall = Shortfall(
+                    max(0, requests),
+                    cost if cost > COST_EPSILON else 0.0,
+                    self.reason if self.estimated else "gap",
+                )
+        counted_requests = unexplained_requests + (shortfall.requests if shortfall else 0)
+        counted_cost = unexplained_cost + (shortfall.cost if shortfall else 0.0)
+        self.anchor = now
+        self.anchor_unexplained_requests = counted_requests + excess_requests
+        self.anchor_unexplained_cost = counted_cost + excess_cost
+        self.estimated = False
+        self.loss = False
+        self.reason = "gap"
+        self.pending = []
+        return shortfall
