@@ -15,7 +15,7 @@ from typing import Any, Literal
 from cco_cost_monitor import __version__
 from cco_cost_monitor.config import SourceSpec
 from cco_cost_monitor.engine import Engine
-from cco_cost_monitor.reconciler import Reconciler
+from cco_cost_monitor.reconciler import PROXY_WINDOW, Reconciler
 from cco_cost_monitor.source import ConnectionState
 
 __all__ = ["SourceView", "build_health", "build_summary", "health_status"]
@@ -25,6 +25,8 @@ PERIODS = ("this_hour", "today", "this_week", "this_month")
 # A source is fresh while its last snapshot is younger than this many intervals.
 FRESH_INTERVALS = 3
 DISK_LAG_WARN_SECONDS = 5.0
+#: A window longer than the proxy sends warns for this long after the last one.
+OVERSIZED_WARN_SECONDS = 600.0
 # /api/summary totals: the SourceTotals counters summed over sources (float or int).
 TOTAL_FIELDS: dict[str, float | int] = {
     "cost_usd": 0.0,
@@ -67,6 +69,15 @@ def _source_check(
         age = (now - last).total_seconds()
         if age > FRESH_INTERVALS * interval:
             return "warn", f"stale: last snapshot {age:.0f} s ago"
+        oversized = view.reconciler.state.last_oversized_at
+        if (
+            oversized is not None
+            and (now - datetime.fromisoformat(oversized)).total_seconds() < OVERSIZED_WARN_SECONDS
+        ):
+            return "warn", (
+                f"{view.reconciler.state.oversized_windows} windows longer than the proxy's "
+                f"{PROXY_WINDOW} events refused (their events not believed; counted from totals)"
+            )
         return "pass", "connected"
     down_for = (now - (connection.down_since or connection.since)).total_seconds()
     reason = connection.reason or connection.status
@@ -218,6 +229,7 @@ def build_summary(
                 "accounted_cost_usd": state.attributed_cost + state.unattributed_cost,
                 "accounted_requests": state.attributed_requests + state.unattributed_requests,
                 "proxy_errors": state.proxy_errors,
+                "oversized_windows": state.oversized_windows,
                 "bad_frames": dict(view.connection.bad_frames),
             }
         )
