@@ -4,11 +4,14 @@ The package is organised one module per concept. Pure logic (no I/O):
 
 - ``wire``        -- parsing of every frame format the proxy sends
 - ``pricing``     -- price tables, model-name normalisation, tiers
-- ``reconciler``  -- turning repeated snapshots into exactly-once accounted facts
+- ``facts``       -- what accounting produces (accounted events, unattributed remainders)
+- ``reconciler``  -- one per source: each frame to its format's strategy (``formats``)
+- ``formats``     -- the registry of wire formats and their exactly-once strategies
+- ``ring``, ``settlement`` -- window overlap and twins; counters settled against events
 - ``engine``      -- bounded in-memory aggregates, buckets, burn rates, periods
 
-I/O at the edges: ``source`` (SSE client), ``store`` (SQLite), ``http`` (health,
-metrics, API), ``server`` (service lifecycle), ``daemon`` (PID lock, background
+I/O at the edges: ``source`` (SSE client), ``store`` (SQLite), ``api`` and ``metrics``
+(health, metrics, JSON API), ``server`` (service lifecycle), ``daemon`` (PID lock, background
 mode, sd_notify), ``simulator`` (a stand-in CCO proxy) and ``cli``.
 """
 

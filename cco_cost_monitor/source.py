@@ -28,6 +28,7 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 from cco_cost_monitor import __version__
 from cco_cost_monitor.config import Settings, SourceSpec
 from cco_cost_monitor.errors import WireError
+from cco_cost_monitor.formats import SNAPSHOT_FRAMES
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.wire import Frame, parse_frame
 
@@ -344,7 +345,7 @@ class SseSource:
             self.count_bad(exc.kind, exc.detail)
             return
         state.frames += 1
-        if sse.event in ("analytics", "message", ""):
+        if isinstance(frame, SNAPSHOT_FRAMES):  # by what it is, not by its event name
             state.snapshots += 1
             state.last_snapshot_at = now
         try:

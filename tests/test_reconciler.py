@@ -422,8 +422,9 @@ def test_gateway_pending_map_is_bounded() -> None:
         reconciler.apply(
             GatewayStarted(type="started", request_id=f"r{index}", model="claude-opus-4"), NOW
         )
-    assert len(reconciler.state.pending) == 10
-    assert reconciler.state.pending_evicted == 15
+    saved = reconciler.snapshot_state()
+    assert len(saved["pending"]) == 10
+    assert saved["pending_evicted"] == 15
 
 
 @given(st.lists(st.text(min_size=1, max_size=5), max_size=200), st.integers(1, 50))

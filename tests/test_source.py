@@ -111,3 +111,13 @@ def test_a_flapping_connection_gets_no_quick_retries() -> None:
     backoff = Backoff(0.5, 30, random.Random(4), clock=lambda: 0.0)
     backoff.connection_lost(lasted=1.0)
     assert max(backoff.next_delay() for _ in range(12)) > 1.0
+
+
+def test_snapshots_are_counted_by_what_the_frame_is_not_its_event_name() -> None:
+    """A gateway frame on the default `message` event is a frame, not a snapshot."""
+    source = SseSource(SPEC, Settings(), lambda spec, frame, at: None)
+    source._handle(ServerSentEvent(event="message", data=SNAPSHOT))
+    source._handle(
+        ServerSentEvent(event="message", data='{"type":"started","request_id":"r","model":"m"}')
+    )
+    assert (source.state.frames, source.state.snapshots) == (2, 1)
