@@ -16,6 +16,23 @@ import httpx
 import pytest
 
 PYTHON = sys.executable
+#: Variables of the developer's own setup that would change what the daemon does.
+FOREIGN_ENVIRONMENT = ("STATE_DIRECTORY", "NOTIFY_SOCKET", "JOURNAL_STREAM", "CLAUDE_CONFIG_DIR")
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test runs with a fresh HOME and none of the developer's CCO_MONITOR_* settings.
+
+    Without it, a ``~/.cco-monitor/config.toml`` or an exported ``CCO_MONITOR_HEALTH_PORT`` on
+    the developer's machine changes what the daemons under test do.
+    """
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    for name in list(os.environ):
+        if name.startswith("CCO_MONITOR_") or name in FOREIGN_ENVIRONMENT:
+            monkeypatch.delenv(name)
 
 
 def free_port() -> int:

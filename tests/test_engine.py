@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cco_cost_monitor.engine import MAX_MODELS, OTHER_MODELS, Engine
+from cco_cost_monitor.engine import BUCKET_RETENTION, MAX_MODELS, OTHER_MODELS, Engine
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, Unattributed
 from tests.builders import accounted_event
 
@@ -126,10 +126,21 @@ def test_memory_stays_bounded_over_a_long_compressed_run() -> None:
         tracemalloc.stop()
     assert len(engine.buckets["minute"]) <= 3 * 60 + 1
     assert len(engine.buckets["hour"]) <= 14 * 24 + 1
-    assert len(engine.buckets["day"]) <= 201
+    assert len(engine.buckets["day"]) == 201  # 200 days from noon: 201 dates, all retained
     assert len(engine.recent) == 1000
     assert sizes[1] < sizes[0] * 1.05 + 200_000  # no growth beyond noise after retention
     assert engine.total_cost() == pytest.approx(200 * 96 * 0.01)
+
+
+def test_day_buckets_older_than_their_retention_are_pruned() -> None:
+    """One event a day for longer than the day retention: the oldest days are dropped."""
+    engine = Engine()
+    days = BUCKET_RETENTION["day"].days + 20
+    for day in range(days):
+        record(engine, T0 + timedelta(days=day), 0.01)
+    engine.prune(T0 + timedelta(days=days))
+    assert len(engine.buckets["day"]) <= BUCKET_RETENTION["day"].days + 1
+    assert engine.total_cost() == pytest.approx(days * 0.01)  # totals keep everything
 
 
 def test_state_round_trip_keeps_every_counter() -> None:

@@ -110,11 +110,77 @@ def test_livez_answers_when_no_proxy_was_ever_there(tmp_path: Path) -> None:
         assert get(f"{url}/livez").status_code == 200
 
 
-def test_fail_is_the_only_503() -> None:
-    """The status-to-HTTP mapping: 503 for fail only (pure check of summary.health_status)."""
+def test_sources_combine_into_one_status() -> None:
+    """fail only when every source fails; any other mix, or the disk behind, is warn.
+
+    (The HTTP side, 503 for fail only, is checked on the real daemon above.)"""
     assert health_status(["pass"], None) == "pass"
     assert health_status(["pass", "warn"], None) == "warn"
     assert health_status(["pass", "fail"], None) == "warn"
     assert health_status(["fail", "fail"], None) == "fail"
     assert health_status(["pass"], 10.0) == "warn"
     assert health_status([], None) == "warn"
+
+
+def _source_health(
+    *,
+    status: str = "connected",
+    snapshot_age: float | None = 1.0,
+    down_for: float = 0.0,
+    auth_rejected: bool = False,
+) -> tuple[str, str]:
+    """The health of one source, from the pure document builder, at a fixed moment."""
+    from datetime import UTC, datetime, timedelta
+
+    from cco_cost_monitor.config import SourceSpec
+    from cco_cost_monitor.engine import Engine
+    from cco_cost_monitor.pricing import PriceTable
+    from cco_cost_monitor.reconciler import Reconciler
+    from cco_cost_monitor.source import ConnectionState
+    from cco_cost_monitor.summary import SourceView, build_health
+
+    now = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    connection = ConnectionState()
+    connection.move(status, None if status == "connected" else "ConnectError: refused")  # type: ignore[arg-type]
+    connection.since = now - timedelta(seconds=down_for)
+    connection.down_since = None if status == "connected" else connection.since
+    connection.auth_rejected = auth_rejected
+    if snapshot_age is not None:
+        connection.last_snapshot_at = now - timedelta(seconds=snapshot_age)
+    spec = SourceSpec(name="p", url="http://127.0.0.1:3000/api/stream")
+    view = SourceView(spec, connection, Reconciler("p", PriceTable.default()))
+    document = build_health(
+        engine=Engine(),
+        views=[view],
+        now=now,
+        started_at=now - timedelta(hours=1),
+        snapshot_interval=5.0,
+        grace_seconds=60.0,
+    )
+    (check,) = document["checks"]["source:p"]
+    return check["status"], check["output"]
+
+
+def test_a_fresh_connected_source_passes() -> None:
+    """Connected with a snapshot younger than three intervals: pass."""
+    assert _source_health(snapshot_age=4.0) == ("pass", "connected")
+
+
+def test_a_stale_source_warns() -> None:
+    """Connected but no snapshot for more than three intervals: warn, with the age."""
+    status, output = _source_health(snapshot_age=16.0)
+    assert (status, output) == ("warn", "stale: last snapshot 16 s ago")
+
+
+def test_a_source_down_within_the_grace_warns_then_fails() -> None:
+    """Down: warn during the grace period, fail once it has passed."""
+    assert _source_health(status="disconnected", down_for=30.0)[0] == "warn"
+    status, output = _source_health(status="disconnected", down_for=61.0)
+    assert status == "fail"
+    assert output.startswith("disconnected for 61 s")
+
+
+def test_rejected_credentials_fail_at_once() -> None:
+    """A 401/403 from the proxy is a configuration error: fail, whatever the grace."""
+    status, _ = _source_health(status="error", auth_rejected=True)
+    assert status == "fail"

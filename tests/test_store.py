@@ -450,6 +450,13 @@ def observed(n):
     return T0 + timedelta(seconds=5 * n, milliseconds=3)
 
 
+def quiet(n, k):
+    """Snapshot n sent again k intervals later: no traffic since (a quiet proxy)."""
+    body = json.loads(snapshot(n))
+    body["project"]["last_updated"] = (T0 + timedelta(seconds=5 * (n + k))).isoformat()
+    return json.dumps(body)
+
+
 def number_of(state):
     """Which snapshot a restored reconciler state saw last."""
     at = datetime.fromisoformat(state["last_snapshot_at"])
@@ -548,6 +555,12 @@ def test_kill_9_during_commits_never_breaks_the_accounting_invariant(tmp_path: P
         )
         assert state["attributed_requests"] == len(restored.events)
     last = proxy["number_of"](state)
+    # Unattributed spend is counted once settled: let the proxy be quiet for two snapshots.
+    reconciler = Reconciler("default", PriceTable.default(), state=state)
+    for k in (1, 2):
+        frame = parse_frame("analytics", proxy["quiet"](last, k))
+        reconciler.apply(frame, proxy["observed"](last) + timedelta(seconds=5 * k))
+    state = reconciler.snapshot_state()
     growth = (
         json.loads(proxy["snapshot"](last))["project"]["cost"]
         - json.loads(proxy["snapshot"](1))["project"]["cost"]

@@ -138,11 +138,16 @@ async def test_aclose_flushes_everything_to_disk(tmp_path: Path) -> None:
 
 
 async def test_commits_within_max_delay() -> None:
-    """A result is committed about max_delay after it was submitted, without any flush."""
+    """A lone result waits for max_delay (to batch with others), then commits unflushed."""
     stub = StubStore()
-    async with running(make_writer(stub, max_delay=0.05)) as writer:
+    async with running(make_writer(stub, max_delay=0.4)) as writer:
+        submitted = time.monotonic()
         writer.submit(result(1), {}, empty_engine)
-        await wait_for(lambda: writer.commits == 1, timeout=1.0)
+        await anyio.sleep(0.1)
+        assert writer.commits == 0  # not before max_delay
+        await wait_for(lambda: writer.commits == 1, timeout=2.0)
+        waited = time.monotonic() - submitted
+        assert 0.35 <= waited <= 0.4 + 1.0  # max_delay, plus scheduling on a busy machine
         assert writer.pending == 0
         assert writer.last_commit_ms is not None
 
