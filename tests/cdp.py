@@ -60,7 +60,9 @@ class Page:
             if method == "Network.requestWillBeSent":
                 self.requests.append(params["request"]["url"])
             elif method == "Runtime.consoleAPICalled":
-                args = " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+                args = " ".join(
+                    str(a.get("value", a.get("description", ""))) for a in params["args"]
+                )
                 self.console.append(f"{params['type']}: {args}")
             elif method == "Runtime.exceptionThrown":
                 self.console.append(f"exception: {params['exceptionDetails']}")
