@@ -14,9 +14,11 @@ monitor. Without ``Last-Event-ID`` a client starts at the newest event (live onl
 
 One code path serves both cases: each client is a cursor that reads the next page from the
 database (in a worker thread) whenever a commit adds events, or every ``keepalive`` seconds
-(a ``: keep-alive`` comment goes out then). Nothing is queued per client: what a client has
-not taken yet stays in the database, so a slow client costs no memory; its buffer is one
-page (at most ``page`` events) plus the socket's write buffer. A client that does not take a
+(a ``: keep-alive`` comment goes out then). Clients that are caught up all ask for the same
+page after a commit: the hub reads and encodes it once for all of them (:class:`_Page`).
+Nothing is queued per client: what a client has not taken yet stays in the database, so a
+slow client costs no memory; its buffer is one page (at most ``page`` events) plus the
+socket's write buffer. A client that does not take a
 page within ``write_timeout`` seconds is dropped (and counted); it resumes where it stopped
 when it reconnects. At most ``max_clients`` streams are open at once; more get ``503`` with
 ``Retry-After``.
@@ -70,6 +72,16 @@ def _read_page(store: Store, after: int, limit: int) -> tuple[int, int, bytes]:
     return rows[-1][0], len(rows), _frames(rows)
 
 
+class _Page:
+    """One page read (or being read) for every client at the same cursor since a commit."""
+
+    def __init__(self, key: tuple[int, int]) -> None:
+        self.key = key  # (commits seen when the read started, cursor)
+        self.done = anyio.Event()
+        self.result: tuple[int, int, bytes] | None = None
+        self.error: BaseException | None = None
+
+
 class StreamHub:
     """The open streams: wakes them after each commit that added events."""
 
@@ -91,12 +103,17 @@ class StreamHub:
         self.dropped = 0
         self.refused = 0
         self.sent = 0
+        self.reads = 0
         self._changed: anyio.Event | None = None
         self._closing = False
+        self._commits = 0
+        self._shared: _Page | None = None
 
     def notify(self, result: CommitResult) -> None:
         """After a commit (on the event loop): wake the streams if it stored events."""
         if result.events_inserted:
+            self._commits += 1
+            self._shared = None
             self._wake()
 
     def _wake(self) -> None:
@@ -108,6 +125,29 @@ class StreamHub:
         if self._changed is None:
             self._changed = anyio.Event()
         return self._changed
+
+    async def _page(self, store: Store, cursor: int) -> tuple[int, int, bytes]:
+        """The page after ``cursor``: shared with the clients at the same cursor, unless a
+        commit came since it was read (then it may lack events: read again)."""
+        key = (self._commits, cursor)
+        shared = self._shared
+        if shared is None or shared.key != key:
+            shared = self._shared = _Page(key)
+            self.reads += 1
+            try:
+                shared.result = await anyio.to_thread.run_sync(_read_page, store, cursor, self.page)
+            except BaseException as exc:
+                shared.error = exc
+                if self._shared is shared:
+                    self._shared = None
+                raise
+            finally:
+                shared.done.set()
+        else:
+            await shared.done.wait()
+        if shared.result is None:
+            raise shared.error or StoreError("the page could not be read")
+        return shared.result
 
     async def close(self, _: web.Application | None = None) -> None:
         """End every stream (server shutdown: nobody waits for a stream to end by itself)."""
@@ -160,9 +200,7 @@ class StreamHub:
                 return response
             while not self._closing:
                 changed = self._next_change()  # before reading: a commit meanwhile wakes us
-                cursor, count, chunk = await anyio.to_thread.run_sync(
-                    _read_page, store, cursor, self.page
-                )
+                cursor, count, chunk = await self._page(store, cursor)
                 if count:
                     if not await self._write(request, response, chunk):
                         return response

@@ -145,6 +145,26 @@ async def test_live_events_arrive_with_ids_and_the_api_shape(
     response.close()
 
 
+async def test_clients_at_the_newest_event_share_one_read_per_commit(store: Store) -> None:
+    """Five live clients, one commit: one database read and encoding, five deliveries."""
+    hub = StreamHub(lambda: store, keepalive=30)
+    test_client = await stream_app(hub)
+    try:
+        responses = [await test_client.get("/api/stream") for _ in range(5)]
+        for response in responses:
+            await read_events(response, 2)  # the head: they are all waiting now
+        await asyncio.sleep(0.1)
+        reads = hub.reads
+        hub.notify(commit(store, 0, 2))
+        for response in responses:
+            events = [e for e in await read_events(response, 2) if "event" in e]
+            assert [key for _, key in accounted(events)] == ["k0", "k1"]
+            response.close()
+        assert hub.reads - reads == 1
+    finally:
+        await test_client.close()
+
+
 async def test_last_event_id_resumes_from_the_database_in_pages(
     client: tuple[TestClient[Any, Any], StreamHub], store: Store
 ) -> None:
