@@ -126,7 +126,7 @@ def test_vendored_files_are_in_the_wheel(tmp_path: Path) -> None:
 
 WIDE, NARROW, HEIGHT = 1400, 600, 900
 TIER_COLOURS = {"opus": "#c678dd", "sonnet": "#61afef", "haiku": "#98c379", "other": "#e5c07b"}
-BAD, WARN, OK = "#e53935", "#d39e00", "#2e7d32"
+BAD, WARN, OK, UNATTRIBUTED = "#e53935", "#d39e00", "#2e7d32", "#9aa0aa"
 STATE_WORDS = {
     "ok": "ok",
     "warning": "warning",
@@ -184,7 +184,8 @@ def rgb(hex_colour: str) -> str:
 def paused(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, str, Path, dict[str, Any]]]:
-    """A monitor (with a daily budget its traffic exceeds) whose simulator is paused."""
+    """A monitor (with a daily budget its traffic exceeds, and unattributed spend) whose
+    simulator is paused."""
     chromium_binary = require_binary("chromium", "chromium-browser", "google-chrome")
     workdir = tmp_path_factory.mktemp("dashboard")
     state = workdir / "monitor-state"
@@ -195,6 +196,8 @@ def paused(
         monitor(workdir, f"{sim_url}/api/stream") as (_, url),
     ):
         wait_until(lambda: get(f"{url}/api/summary").json()["totals"]["requests"] >= 5, 20)
+        # More requests in one interval than the proxy's event window: unattributed spend.
+        post_json(f"{sim_url}/_sim/fault", {"kind": "burst", "count": 200}).raise_for_status()
         post_json(f"{sim_url}/_sim/traffic", {"rate": 0}).raise_for_status()
 
         def settled() -> dict[str, Any] | None:
@@ -202,6 +205,8 @@ def paused(
             time.sleep(0.6)
             after: dict[str, Any] = get(f"{url}/api/summary").json()
             if before["totals"] != after["totals"] or not after["budgets"]:
+                return None
+            if not after["totals"]["unattributed_cost_usd"]:
                 return None
             # Budgets are evaluated every few seconds: wait until they include all spend.
             daily = next(b for b in after["budgets"] if b["period"] == "daily")
@@ -266,6 +271,13 @@ async def test_browser_shows_the_summary_charts_states_and_history(
             assert by_name[tier][3] == usd(figures["cost_usd"]), tier
             assert by_name[tier][4] == f"{figures['requests']:,}", tier
 
+        # The unattributed row, explained under the table.
+        totals = summary["totals"]
+        assert by_name["unattributed"][3] == usd(totals["unattributed_cost_usd"])
+        assert by_name["unattributed"][4] == f"{totals['unattributed_requests']:,}"
+        assert await page.evaluate("!document.getElementById('unattributed-note').hidden")
+        assert "belongs to no tier" in await text(page, "#unattributed-note")
+
         # Budgets: the exceeded daily one is red, the untouched monthly one green.
         budgets = await page.evaluate(
             "[...document.querySelectorAll('.budget')].map((b) => [b.firstChild.textContent,"
@@ -290,11 +302,24 @@ async def test_browser_shows_the_summary_charts_states_and_history(
             "fetch('/api/timeseries?bucket=minute&since=60m').then((r) => r.json())"
         )
         spent = {t for b in hour["buckets"] for t, c in b["cost_by_tier"].items() if c > 0}
-        assert spent - {"unattributed"}
-        for tier in spent - {"unattributed"}:
+        # A tier's bar is a few pixels tall at least when it is >= 3 % of the y scale.
+        stacks = [
+            sum(c for t, c in b["cost_by_tier"].items() if t != "unattributed")
+            for b in hour["buckets"]
+        ]
+        dots = [b["cost_by_tier"].get("unattributed", 0) for b in hour["buckets"]]
+        top = max(stacks + dots)
+        visible = {
+            t for b in hour["buckets"] for t, c in b["cost_by_tier"].items() if c >= 0.03 * top
+        }
+        assert visible - {"unattributed"}
+        for tier in visible - {"unattributed"}:
             assert pixels[tier] > 10, (tier, pixels)
         for tier in set(TIER_COLOURS) - spent:
             assert pixels[tier] == 0, (tier, pixels)
+        # Unattributed spend: grey dots, apart from the stack.
+        grey = await page.evaluate(f"{COUNT_PIXELS}('cost-chart', {{'u': {UNATTRIBUTED!r}}})")
+        assert grey["u"] > 5, grey
         # The cumulative chart draws the daily budget line (red).
         line = await page.evaluate(f"{COUNT_PIXELS}('cumulative-chart', {{'bad': {BAD!r}}})")
         assert line["bad"] > 100, line
