@@ -129,13 +129,21 @@ class StreamHub:
     async def _page(self, store: Store, cursor: int) -> tuple[int, int, bytes]:
         """The page after ``cursor``: shared with the clients at the same cursor, unless a
         commit came since it was read (then it may lack events: read again)."""
-        key = (self._commits, cursor)
-        shared = self._shared
-        if shared is None or shared.key != key:
+        while True:
+            key = (self._commits, cursor)
+            shared = self._shared
+            if shared is not None and shared.key == key:
+                await shared.done.wait()
+                if shared.result is not None:
+                    return shared.result
+                if isinstance(shared.error, Exception):
+                    raise shared.error
+                continue  # its reader was cancelled (its client went away): read anew
             shared = self._shared = _Page(key)
             self.reads += 1
             try:
                 shared.result = await anyio.to_thread.run_sync(_read_page, store, cursor, self.page)
+                return shared.result
             except BaseException as exc:
                 shared.error = exc
                 if self._shared is shared:
@@ -143,11 +151,6 @@ class StreamHub:
                 raise
             finally:
                 shared.done.set()
-        else:
-            await shared.done.wait()
-        if shared.result is None:
-            raise shared.error or StoreError("the page could not be read")
-        return shared.result
 
     async def close(self, _: web.Application | None = None) -> None:
         """End every stream (server shutdown: nobody waits for a stream to end by itself)."""

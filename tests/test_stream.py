@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -163,6 +164,33 @@ async def test_clients_at_the_newest_event_share_one_read_per_commit(store: Stor
         assert hub.reads - reads == 1
     finally:
         await test_client.close()
+
+
+async def test_a_shared_read_whose_client_left_is_read_again_for_the_others(
+    store: Store,
+) -> None:
+    """The client whose task read a shared page is cancelled: the clients waiting for the
+    same page are not cancelled with it, they read it themselves."""
+    commit(store, 0, 2)
+    gate = threading.Event()
+
+    class Slow:
+        def events_after(self, seq: int, limit: int) -> Any:
+            gate.wait(5)
+            return store.events_after(seq, limit)
+
+    hub = StreamHub(lambda: store)
+    first = asyncio.create_task(hub._page(Slow(), 0))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(hub._page(Slow(), 0))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    first.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    last, count, chunk = await asyncio.wait_for(second, 5)
+    assert count == 2
+    assert b"id: %d" % last in chunk
 
 
 async def test_last_event_id_resumes_from_the_database_in_pages(
