@@ -271,6 +271,20 @@ async def test_browser_shows_the_summary_charts_states_and_history(
             assert by_name[tier][3] == usd(figures["cost_usd"]), tier
             assert by_name[tier][4] == f"{figures['requests']:,}", tier
 
+        # Figures of newer summaries (cache savings, last 5 minutes, events per second):
+        # shown when the summary has them, their cards hidden when it has not.
+        optional = {
+            "savings-card": "cache_savings_usd" in summary,
+            "last5m-card": "last_5m" in periods,
+            "eps-card": "events_per_second" in summary,
+        }
+        for card, present in optional.items():
+            assert await page.evaluate(f"!document.getElementById({card!r}).hidden") == present
+        if optional["savings-card"]:
+            assert await text(page, "#savings") == usd(summary["cache_savings_usd"])
+        if optional["last5m-card"]:
+            assert await text(page, "#last5m-total") == usd(periods["last_5m"]["cost_usd"])
+
         # The unattributed row, explained under the table.
         totals = summary["totals"]
         assert by_name["unattributed"][3] == usd(totals["unattributed_cost_usd"])

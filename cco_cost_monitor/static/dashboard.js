@@ -138,15 +138,15 @@
     renderSources(summary, health);
   }
 
-  function renderOptional(summary) {
+  function renderOptional(summary) { // fields of newer summaries: shown when present
     const savings = summary.cache_savings_usd;
-    const savingsUsd = typeof savings === "object" && savings !== null ? (savings.usd ?? savings.cost_usd) : savings;
-    $("savings-card").hidden = typeof savingsUsd !== "number";
-    if (typeof savingsUsd === "number") {
-      setText("savings", usd(savingsUsd));
-      const cost = (summary.totals || {}).cost_usd || 0;
-      const percent = savingsUsd + cost > 0 ? (100 * savingsUsd) / (savingsUsd + cost) : 0;
-      setText("savings-note", percent.toFixed(1) + "% of what the requests would have cost without the cache");
+    $("savings-card").hidden = typeof savings !== "number";
+    if (typeof savings === "number") {
+      setText("savings", usd(savings));
+      const percent = summary.cache_savings_percent;
+      setText("savings-note", typeof percent === "number"
+        ? percent.toFixed(1) + "% of what the requests would have cost without the cache"
+        : "what the cache hits would have cost");
     }
     const eps = summary.events_per_second;
     $("eps-card").hidden = !eps;
