@@ -341,12 +341,16 @@ async def test_browser_shows_the_summary_charts_states_and_history(
 
         # Hover over the rightmost bar: the legend reads out its time, total and tiers.
         column = await page.evaluate(f"{RIGHTMOST_BAR}({TIER_COLOURS})")
-        await page.hover(*column)
-        await asyncio.sleep(0.3)
-        readout = await page.evaluate(
-            "[...document.querySelectorAll('#cost-chart .u-legend .u-value')]"
-            ".map((v) => v.textContent)"
-        )
+        # (A refresh redraws the chart and clears the cursor: move again until it reads.)
+        for attempt in range(20):
+            await page.hover(column[0] - attempt % 2, column[1])
+            await asyncio.sleep(0.2)
+            readout = await page.evaluate(
+                "[...document.querySelectorAll('#cost-chart .u-legend .u-value')]"
+                ".map((v) => v.textContent)"
+            )
+            if "total $" in readout[0]:
+                break
         assert "total $" in readout[0], readout
         assert any(value.startswith("$") and value != "$0.00" for value in readout[1:]), readout
 
