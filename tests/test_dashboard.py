@@ -154,7 +154,8 @@ COUNT_PIXELS = """
 """
 
 
-# Page coordinates of the top of the rightmost bar of a tier's colour in the cost chart.
+# Page coordinates inside the rightmost bar of a tier's colour in the cost chart (the middle
+# of its height, kept inside the plot area: a bar of a few cents may be 1 px tall).
 RIGHTMOST_BAR = """
 ((colours) => {
   const canvas = document.querySelector('#cost-chart canvas');
@@ -162,15 +163,18 @@ RIGHTMOST_BAR = """
   const wanted = Object.values(colours);
   const two = (v) => v.toString(16).padStart(2, '0');
   const hex = (i) => '#' + two(d[i]) + two(d[i + 1]) + two(d[i + 2]);
-  let best = null;
+  let right = -1, low = Infinity, high = -1;
   for (let i = 0; i < d.length; i += 4) {
     if (!wanted.includes(hex(i))) continue;
     const x = (i / 4) % canvas.width, y = Math.floor(i / 4 / canvas.width);
-    if (!best || x > best[0]) best = [x, y];
+    if (x > right) { right = x; low = y; high = y; }
+    else if (x === right) { low = Math.min(low, y); high = Math.max(high, y); }
   }
   const r = canvas.getBoundingClientRect();
-  const x = r.left + (best[0] * r.width) / canvas.width - 2;
-  return [x, r.top + (best[1] * r.height) / canvas.height + 2];
+  const over = document.querySelector('#cost-chart .u-over').getBoundingClientRect();
+  const x = r.left + (right * r.width) / canvas.width - 2;
+  const y = r.top + (((low + high) / 2) * r.height) / canvas.height;
+  return [x, Math.max(over.top + 1, Math.min(over.bottom - 2, y))];
 })
 """
 
@@ -244,6 +248,28 @@ def page_messages(page: Page) -> list[str]:
 async def text(page: Page, selector: str) -> str:
     value: str = await page.evaluate(f"document.querySelector({selector!r}).textContent")
     return value
+
+
+async def hover_newest_bar(page: Page) -> list[str]:
+    """Move the mouse onto the rightmost bar; return the cost chart's legend read-out."""
+    column = await page.evaluate(f"{RIGHTMOST_BAR}({TIER_COLOURS})")
+    # (A refresh may redraw the chart under the first move: move again until it reads.)
+    readout: list[str] = []
+    for attempt in range(20):
+        await page.hover(column[0] - attempt % 2, column[1])
+        await asyncio.sleep(0.2)
+        readout = await page.evaluate(
+            "[...document.querySelectorAll('#cost-chart .u-legend .u-value')]"
+            ".map((v) => v.textContent)"
+        )
+        if "total $" in readout[0]:
+            break
+    where = await page.evaluate(
+        "JSON.stringify([document.querySelector('#cost-chart .u-over').getBoundingClientRect(),"
+        " document.querySelector('#cost-chart .u-cursor-x').style.transform, scrollY])"
+    )
+    assert "total $" in readout[0], (readout, column, where)
+    return readout
 
 
 @pytest.mark.slow
@@ -340,18 +366,7 @@ async def test_browser_shows_the_summary_charts_states_and_history(
         assert "daily budget" in await text(page, "#cumulative-title")
 
         # Hover over the rightmost bar: the legend reads out its time, total and tiers.
-        column = await page.evaluate(f"{RIGHTMOST_BAR}({TIER_COLOURS})")
-        # (A refresh redraws the chart and clears the cursor: move again until it reads.)
-        for attempt in range(20):
-            await page.hover(column[0] - attempt % 2, column[1])
-            await asyncio.sleep(0.2)
-            readout = await page.evaluate(
-                "[...document.querySelectorAll('#cost-chart .u-legend .u-value')]"
-                ".map((v) => v.textContent)"
-            )
-            if "total $" in readout[0]:
-                break
-        assert "total $" in readout[0], readout
+        readout = await hover_newest_bar(page)
         assert any(value.startswith("$") and value != "$0.00" for value in readout[1:]), readout
 
         # Sources with their health, events with type/tier/cache marks, the alert history.
@@ -461,6 +476,13 @@ async def test_live_stream_moves_the_numbers_without_a_reload(
         finally:
             post_json(f"{sim_url}/_sim/traffic", {"rate": 0}).raise_for_status()
         assert time.monotonic() - loaded < 25  # before the fallback refresh could have run
+        # Traffic paused again: once the last events are drawn, the hover read-out of the
+        # newest bar is that bucket's total now (not the figures of the first drawing).
+        await asyncio.sleep(2.0)
+        readout = await hover_newest_bar(page)
+        buckets = get(f"{url}/api/timeseries?bucket=minute&since=60m").json()["buckets"]
+        newest = [b for b in buckets if b["cost_usd"] > 0][-1]
+        assert readout[0].endswith(" · total " + usd(newest["cost_usd"])), (readout, newest)
         assert await page.evaluate("window.notReloaded === true")
         assert page.navigations == 1
         assert (

@@ -294,6 +294,7 @@
   let range = RANGES[sessionStorage.getItem("cco-range")] ? sessionStorage.getItem("cco-range") : "1h";
   let zone = null;
   const charts = {};
+  let shownCost = null;
 
   function slots(buckets, step, since, now) { // every bucket of the range, empty ones as 0
     const known = buckets.map((b) => Date.parse(b.start) / 1000);
@@ -322,7 +323,13 @@
     const width = Math.max(280, $(target).clientWidth);
     const key = series.map((s) => s.label).join("|") + "|" + step;
     const old = charts[name];
-    if (old && old.key === key) { old.plot.setData(data); old.plot.setSize({ width: width, height: 220 }); return; }
+    if (old && old.key === key) {
+      old.plot.setData(data);
+      old.plot.setSize({ width: width, height: 220 });
+      const cursor = old.plot.cursor; // keep a hover read-out current while data arrives
+      if (cursor.left >= 0) old.plot.setCursor({ left: cursor.left, top: cursor.top });
+      return;
+    }
     if (old) old.plot.destroy();
     const options = {
       width: width, height: 220, series: series, axes: axes(step),
@@ -346,19 +353,20 @@
     let sums = xs.map(() => 0);
     for (const tier of TIERS) { sums = sums.map((s, i) => s + raw[tier][i]); stacked.push(sums); }
     const bars = uPlot.paths.bars({ size: [0.85, 48], align: 1 });
-    const totals = stacked[stacked.length - 1];
+    // The read-outs look the figures up here: a redraw with new data keeps the old closures.
+    shownCost = { raw: raw, totals: stacked[stacked.length - 1] };
     const series = [{ label: "time", value: (u, ts, si, i) => (i === null || i === undefined ? "–" :
-      new Date(ts * 1000).toLocaleString() + " · total " + usd(totals[i] + raw.unattributed[i])) }];
+      new Date(ts * 1000).toLocaleString() + " · total " + usd(shownCost.totals[i] + shownCost.raw.unattributed[i])) }];
     const data = [xs];
     for (let t = TIERS.length - 1; t >= 0; t--) { // top of the stack first: lower bars paint over it
       const tier = TIERS[t];
       series.push({ label: tier, stroke: colour(tier), fill: colour(tier), paths: bars, points: { show: false },
-        value: (u, v, si, i) => (i === null || i === undefined ? "–" : usd(raw[tier][i])) });
+        value: (u, v, si, i) => (i === null || i === undefined ? "–" : usd(shownCost.raw[tier][i])) });
       data.push(stacked[t].map((v) => (v > 0 ? v : null))); // no zero-height bars
     }
     series.push({ label: "unattributed (not stacked)", stroke: colour("unattributed"), width: 0, paths: () => null,
       points: { show: true, size: 7, fill: colour("unattributed") },
-      value: (u, v, si, i) => (i === null || i === undefined ? "–" : usd(raw.unattributed[i])) });
+      value: (u, v, si, i) => (i === null || i === undefined ? "–" : usd(shownCost.raw.unattributed[i])) });
     data.push(raw.unattributed.map((v) => (v > 0 ? v : null)));
     draw("cost", "cost-chart", series, data, spec.step);
   }
