@@ -86,6 +86,9 @@ async def test_page_and_assets_are_served_with_a_strict_policy(tmp_path: Path) -
             assert asset.headers["Content-Type"] == f"{content_type}; charset=utf-8"
             assert asset.headers["X-Content-Type-Options"] == "nosniff"
             assert await asset.read() == (STATIC / name).read_bytes()
+        # The app alone (no database opened): the event stream says so instead of hanging.
+        stream = await client.get("/api/stream")
+        assert stream.status == 503
 
 
 def test_page_needs_nothing_from_the_network() -> None:

@@ -145,7 +145,7 @@
       setText("savings", usd(savings));
       const percent = summary.cache_savings_percent;
       setText("savings-note", typeof percent === "number"
-        ? percent.toFixed(1) + "% of what the requests would have cost without the cache"
+        ? percent.toFixed(1) + "% of the cost without the cache"
         : "what the cache hits would have cost");
     }
     const eps = summary.events_per_second;
