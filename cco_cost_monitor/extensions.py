@@ -1,7 +1,8 @@
 """Routes and middleware that other modules add to the HTTP app.
 
 ``/metrics`` (:mod:`cco_cost_monitor.metrics`), the dashboard at ``/``
-(:mod:`cco_cost_monitor.dashboard`), and the bearer-token check plus security headers
+(:mod:`cco_cost_monitor.dashboard`), the event stream ``/api/stream``
+(:mod:`cco_cost_monitor.stream`), and the bearer-token check plus security headers
 (:mod:`cco_cost_monitor.auth`) that cover every route.
 """
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from cco_cost_monitor import auth, dashboard
+from cco_cost_monitor import auth, dashboard, stream
 from cco_cost_monitor.metrics import metrics_handler
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def install(app: web.Application, service: Service) -> None:
-    """Add ``/metrics``, ``/`` and its assets, the token check and the security headers."""
+    """Add ``/metrics``, ``/`` and its assets, ``/api/stream``, the token check and headers."""
 
     def current_token() -> SecretStr | None:
         # Read on each request: a reload that sets or changes the token applies at once.
@@ -30,3 +31,7 @@ def install(app: web.Application, service: Service) -> None:
     auth.install(app, current_token)
     app.router.add_get("/metrics", metrics_handler(service))
     dashboard.install(app)
+    hub = stream.StreamHub(lambda: service.store)
+    if service.writer is not None:
+        service.writer.on_commit.append(hub.notify)
+    stream.install(app, hub)

@@ -1428,6 +1428,25 @@ class Store:
         with self._lock, self._read("reading events") as conn:
             return [_event_from_row(row) for row in conn.execute(sql, params)]
 
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, AccountedEvent]]:
+        """Up to ``limit`` stored events with a sequence number above ``seq``, in order.
+
+        The sequence number is the ``events`` table's rowid: SQLite gives each new row the
+        largest rowid plus one, so it grows in commit order and is kept across restarts
+        (and by ``VACUUM``, which keeps rowids; a migration that rebuilds ``events`` must
+        copy them). :meth:`prune` never deletes the newest row, so a rowid is never
+        handed out twice. ``/api/stream`` uses it for its ``id:`` and ``Last-Event-ID``.
+        """
+        sql = f"SELECT rowid, {_EVENT_SELECT} FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"  # noqa: S608
+        with self._lock, self._read("reading events by sequence") as conn:
+            return [(row[0], _event_from_row(row[1:])) for row in conn.execute(sql, (seq, limit))]
+
+    def last_event_seq(self) -> int:
+        """The sequence number of the newest stored event (0 when there is none)."""
+        with self._lock, self._read("reading the last event sequence") as conn:
+            row = conn.execute("SELECT max(rowid) FROM events").fetchone()
+        return int(row[0] or 0)
+
     def unattributed_rows(
         self, since: datetime | None = None, until: datetime | None = None
     ) -> list[UnattributedRow]:
@@ -1552,14 +1571,17 @@ class Store:
         row = conn.execute("SELECT batch FROM engine_state WHERE id = 1").fetchone()
         covered = int(row[0]) if row else 0
         old = "occurred_at < ? AND batch <= ?"
-        for table, select in (
-            ("events", "count(*), total(cost_usd), total(requests), 0, 0"),
-            ("unattributed", "0, 0, 0, total(cost_usd), total(requests)"),
+        # The newest event stays, whatever its age: SQLite gives a new row the largest rowid
+        # plus one, and that rowid is /api/stream's sequence number (never to be reused).
+        old_events = old + " AND rowid < (SELECT max(rowid) FROM events)"  # noqa: S608
+        for table, select, where in (
+            ("events", "count(*), total(cost_usd), total(requests), 0, 0", old_events),
+            ("unattributed", "0, 0, 0, total(cost_usd), total(requests)", old),
         ):
             conn.execute(
                 "INSERT INTO retired (source, events, cost_usd, requests, "  # noqa: S608
                 "unattributed_cost_usd, unattributed_requests) "
-                f"SELECT source, {select} FROM {table} WHERE {old} GROUP BY source "
+                f"SELECT source, {select} FROM {table} WHERE {where} GROUP BY source "
                 "ON CONFLICT (source) DO UPDATE SET events = events + excluded.events, "
                 "cost_usd = cost_usd + excluded.cost_usd, "
                 "requests = requests + excluded.requests, "
@@ -1567,7 +1589,10 @@ class Store:
                 "unattributed_requests = unattributed_requests + excluded.unattributed_requests",
                 (event_cutoff, covered),
             )
-        events = conn.execute(f"DELETE FROM events WHERE {old}", (event_cutoff, covered)).rowcount  # noqa: S608
+        events = conn.execute(
+            f"DELETE FROM events WHERE {old_events}",  # noqa: S608
+            (event_cutoff, covered),
+        ).rowcount
         unattributed = conn.execute(
             f"DELETE FROM unattributed WHERE {old}",  # noqa: S608
             (event_cutoff, covered),

@@ -180,6 +180,8 @@ class StoreWriter:
         self.last_commit_at: datetime | None = None
         self.last_error: str | None = None
         self.last_result: CommitResult | None = None
+        # Called on the event loop after each successful commit (e.g. /api/stream's hub).
+        self.on_commit: list[Callable[[CommitResult], None]] = []
         self.last_prune: PruneResult | None = None
         self.events_written = 0
         self.events_ignored = 0
@@ -431,6 +433,11 @@ class StoreWriter:
         if self._drained is not None and not self._backlogged:
             self._drained.set()
             self._drained = None
+        for listener in self.on_commit:
+            try:
+                listener(result)
+            except Exception as exc:  # a listener's bug must not fail the commit
+                log.error("commit listener failed", error=str(exc)[:500])
         return True
 
     def _give_back(self, part: _Pending) -> None:
