@@ -63,14 +63,16 @@ class Counters:
     proxy_time: float | None
 
     def settles(self, later: Counters, seconds: float) -> bool:
-        """Whether ``later`` was taken at least ``seconds`` after this one on both clocks."""
-        if later.observed - self.observed < seconds:
-            return False
-        return (
-            self.proxy_time is None
-            or later.proxy_time is None
-            or later.proxy_time - self.proxy_time >= seconds
-        )
+        """Whether ``later`` was taken at least ``seconds`` after this one on both clocks.
+
+        A clock that went backwards between the two (a wall-clock step) proves nothing
+        either way and is not asked; when both did, the pair is taken as settled, so that a
+        step back never holds settlement until the clock has caught up again.
+        """
+        gaps = [later.observed - self.observed]
+        if self.proxy_time is not None and later.proxy_time is not None:
+            gaps.append(later.proxy_time - self.proxy_time)
+        return all(gap >= seconds for gap in gaps if gap >= 0)
 
     def to_list(self) -> list[Any]:
         return [
@@ -124,6 +126,12 @@ class Settlement:
         self.anchor_unexplained_cost: float = float(state.get("anchor_unexplained_cost", 0.0))
         # After a restart, until a quiet point: the reloaded totals are an estimate.
         self.estimated: bool = bool(state.get("estimated", False))
+        # After a restart, while no event can have been missed since its first window: the
+        # reloaded totals are tightened from settled snapshots, never above ``cap``.
+        self.refining: bool = bool(state.get("refining", False))
+        self.cap: tuple[int, float] | None = (
+            (int(state["cap"][0]), float(state["cap"][1])) if state.get("cap") else None
+        )
         self.loss: bool = bool(state.get("loss", False))
         self.reason: Reason = state.get("reason", "gap")
         self.pending: list[Counters] = [Counters.from_list(v) for v in state.get("pending", [])]
@@ -137,6 +145,8 @@ class Settlement:
             "anchor_unexplained_requests": self.anchor_unexplained_requests,
             "anchor_unexplained_cost": self.anchor_unexplained_cost,
             "estimated": self.estimated,
+            "refining": self.refining,
+            "cap": list(self.cap) if self.cap else None,
             "loss": self.loss,
             "reason": self.reason,
             "pending": [c.to_list() for c in self.pending],
@@ -166,16 +176,25 @@ class Settlement:
         estimated: bool,
         loss: bool = False,
         reason: Reason = "gap",
+        cap: tuple[int, float] | None = None,
     ) -> None:
-        """Begin a proxy run at ``anchor`` (first contact, or the estimate after a restart)."""
+        """Begin a proxy run at ``anchor`` (first contact, or the estimate after a restart).
+
+        ``cap``: the reloaded totals are at most this (the last seen before a restart whose
+        first window may have lost events).
+        """
         self.anchor = anchor
         self.anchor_unexplained_requests = unexplained_requests
         self.anchor_unexplained_cost = unexplained_cost
         self.estimated = estimated
+        self.refining = estimated
+        self.cap = cap
         self.loss = loss
         self.reason = reason
         self.pending = []
         self.previous = anchor
+        if estimated:
+            self._bound()
 
     # -- every snapshot ----------------------------------------------------------------
 
@@ -195,6 +214,7 @@ class Settlement:
         Returns what became provably unexplained, or ``None``.
         """
         self.loss = self.loss or loss
+        self.refining = self.refining and not loss
         previous = self.previous
         self.previous = now
         quiet = (
@@ -205,6 +225,8 @@ class Settlement:
             and previous.settles(now, self.settle_seconds)
         )
         if quiet:
+            if self.refining:  # counters and ring agree here: the reload is known exactly
+                self._refine(now, now)
             return self._quiet(now, unexplained_requests, unexplained_cost)
         settled = None
         while self.pending and self.pending[0].settles(now, self.settle_seconds):
@@ -212,12 +234,57 @@ class Settlement:
         if settled is not None:
             # The newest settled snapshot stays first: a later one may settle against it again.
             self.pending.insert(0, settled)
+            if self.refining:
+                self._refine(settled, now)
         self.pending.append(now)
         if len(self.pending) > PENDING_LIMIT:
             del self.pending[1]
         if settled is None or (self.estimated and not self.loss):
             return None
         return self._shortfall(settled, now, unexplained_requests, unexplained_cost)
+
+    def _refine(self, settled: Counters, now: Counters) -> None:
+        """After a restart, while no event can have been missed: tighten the reloaded totals.
+
+        The counters of a settled snapshot, less every event seen since the restart, are a
+        lower bound of the reloaded totals (events seen after that snapshot's reads only make
+        it lower). The first window's ``totals - new events`` is one too, up to the requests
+        it showed ahead of its ``calls``; the largest bound is the estimate, exact as soon as
+        the counters caught up with the events once.
+        """
+        anchor = self.anchor
+        if anchor is None:
+            return
+        calls = settled.calls - (now.seen_requests - anchor.seen_requests)
+        cost = settled.cost - (now.seen_cost - anchor.seen_cost)
+        if calls > anchor.calls or cost > anchor.cost + COST_EPSILON:
+            self.anchor = Counters(
+                max(calls, anchor.calls),
+                max(cost, anchor.cost),
+                anchor.seen_requests,
+                anchor.seen_cost,
+                anchor.observed,
+                anchor.proxy_time,
+            )
+            self._bound()
+
+    def _bound(self) -> None:
+        """Reloaded totals are never negative, and never above the cap (when there is one)."""
+        anchor = self.anchor
+        if anchor is None:
+            return
+        calls, cost = max(0, anchor.calls), max(0.0, anchor.cost)
+        if self.cap is not None:
+            calls, cost = min(calls, self.cap[0]), min(cost, self.cap[1])
+        if (calls, cost) != (anchor.calls, anchor.cost):
+            self.anchor = Counters(
+                calls,
+                cost,
+                anchor.seen_requests,
+                anchor.seen_cost,
+                anchor.observed,
+                anchor.proxy_time,
+            )
 
     def _target(self, counters: Counters, now: Counters) -> tuple[int, float]:
         anchor = self.anchor
@@ -267,6 +334,8 @@ class Settlement:
         self.anchor_unexplained_requests = counted_requests + excess_requests
         self.anchor_unexplained_cost = counted_cost + excess_cost
         self.estimated = False
+        self.refining = False
+        self.cap = None
         self.loss = False
         self.reason = "gap"
         self.pending = []

@@ -162,14 +162,15 @@ class AnalyticsStrategy:
             reloaded_calls = (calls or 0) - new_requests
             reloaded_cost = (cost or 0.0) - new_cost
             reason: Literal["gap", "restart_overflow", "restart_gap"] = "restart_gap"
+            cap = None
             if full:
                 # Post-restart events may have scrolled out unseen: the reloaded total is taken
                 # as at most what was seen before the restart (an estimate, labelled).
                 reason = "restart_overflow"
-                if book.last_calls is not None:
-                    reloaded_calls = min(reloaded_calls, book.last_calls)
-                if book.last_cost is not None:
-                    reloaded_cost = min(reloaded_cost, book.last_cost)
+                cap = (
+                    reloaded_calls if book.last_calls is None else book.last_calls,
+                    reloaded_cost if book.last_cost is None else book.last_cost,
+                )
             self.settlement.start(
                 Counters(
                     reloaded_calls,
@@ -184,6 +185,7 @@ class AnalyticsStrategy:
                 estimated=True,
                 loss=full,
                 reason=reason,
+                cap=cap,
             )
         self._remember_totals(cost, calls, uptime, snapshot_at, observed_at)
         shortfall = self.settlement.observe(

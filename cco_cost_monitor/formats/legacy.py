@@ -25,9 +25,12 @@ class LegacyStrategy:
         self.ctx = ctx
         self.book = book
         self.old_models: dict[str, list[float]] = dict(saved.get("old_models", {}))
+        # The proxy reads totals and per-model figures under separate locks: growth the models
+        # show before the totals do is carried (never booked as negative spend).
+        self.carry: list[float] = list(saved.get("old_carry", [0.0, 0.0]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"old_models": self.old_models}
+        return {"old_models": self.old_models, "old_carry": self.carry}
 
     def apply(self, frame: Frame, observed_at: datetime) -> Accounting:
         assert isinstance(frame, OldSnapshot)
@@ -50,14 +53,24 @@ class LegacyStrategy:
             book.last_snapshot_at = observed_at.isoformat()
             book.signature = "old"
             return Accounting(self.ctx.source, observed_at, first_contact=True)
-        restart = (book.last_calls is not None and requests < book.last_calls) or (
-            format_changed(book.signature, "old")
+        # One process's cumulative counters never fall: any that does is a new process,
+        # even when queued traffic lifted the totals above the last seen.
+        fell = any(
+            values[0] < self.old_models.get(model, [0.0])[0]
+            or values[2] < self.old_models.get(model, [0.0, 0.0, 0.0])[2] - COST_EPSILON
+            for model, values in totals.items()
+        )
+        restart = (
+            (book.last_calls is not None and requests < book.last_calls)
+            or fell
+            or format_changed(book.signature, "old")
         )
         events: list[AccountedEvent] = []
         if restart:
             # The old format has no event window: spend between the restart and this
             # snapshot cannot be told from the reloaded totals. Re-baseline.
             book.proxy_restarts += 1
+            self.carry = [0.0, 0.0]
         else:
             for model, (model_requests, hits, model_cost) in totals.items():
                 before = self.old_models.get(model, [0.0, 0.0, 0.0])
@@ -93,8 +106,15 @@ class LegacyStrategy:
         if not restart and book.last_calls is not None and book.last_cost is not None:
             missing_requests = (requests - book.last_calls) - sum(e.requests for e in events)
             missing_cost = (cost - book.last_cost) - sum(e.cost_usd for e in events)
+            missing_requests += int(self.carry[0])
+            missing_cost += self.carry[1]
+            self.carry = [float(min(0, missing_requests)), min(0.0, missing_cost)]
+            missing_requests = max(0, missing_requests)
+            missing_cost = max(0.0, missing_cost)
             if abs(missing_cost) < COST_EPSILON:
                 missing_cost = 0.0
+            if abs(self.carry[1]) < COST_EPSILON:
+                self.carry[1] = 0.0
             if missing_requests or missing_cost:
                 book.gaps += 1
                 unattributed = Unattributed(
