@@ -1,6 +1,6 @@
 """A scripted fault schedule against the real daemon; totals must equal ground truth.
 
-One simulator in its realistic mode (``--interval 0.2 --rate 10``, a save every 3 s that
+One simulator in its realistic mode (``--interval 0.2 --rate 10``, a save every 6 s that
 holds the stream 2.5 s -- longer than the stall timeout -- while keep-alives flow, random
 races between totals and ring, identical events, overrides with no call, failed calls) and
 the daemon (product backoff, stall timeout 2 s) on a temp state dir. For at least
@@ -38,7 +38,7 @@ ENV = {"CCO_MONITOR_STALL_TIMEOUT_SECONDS": "2", "CCO_MONITOR_SNAPSHOT_INTERVAL_
 RATE = 10.0
 
 
-REALISTIC = ("--save-interval", "3", "--save-hold", "2.5", "--keepalive", "0.5")
+REALISTIC = ("--save-interval", "6", "--save-hold", "2.5", "--keepalive", "0.5")
 
 
 class Run:
@@ -124,8 +124,12 @@ class Run:
         self.sim.traffic(RATE)
 
     def settle(self) -> None:
+        # Unexplained spend is counted at a quiet point (two calm snapshots); a save may
+        # hold the stream first, so wait out one save cycle after catching up.
         self.sim.traffic(0)
         time.sleep(0.5)
+        wait_until(self.caught_up, timeout=60)
+        time.sleep(3.0)
         wait_until(self.caught_up, timeout=60)
         time.sleep(0.5)
 
