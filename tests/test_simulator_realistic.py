@@ -311,7 +311,7 @@ class TestSaveHold:
         caught_up = [orjson.loads(f[len(b"event: analytics\ndata: ") :]) for f in burst]
         assert all(s["project"]["calls"] == before["project"]["calls"] + 4 for s in caught_up)
         # Six ticks of 0.1 s were missed: they came back to back, not one per interval.
-        assert burst_at - arrivals[-1][0] < 0.1
+        assert burst_at - arrivals[-1][0] < 0.2  # paced, three frames would take 0.3 s
         assert truth["saves"] == 1
 
     async def test_a_connection_during_the_hold_waits_for_its_first_snapshot(
