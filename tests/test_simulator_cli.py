@@ -28,10 +28,15 @@ def test_help_documents_every_option_and_fault() -> None:
     for option in (
         "--host", "--port", "--interval", "--keepalive", "--seed", "--rate",
         "--cache-hit-rate", "--override-rate", "--format", "--spaced", "--save-interval",
-        "--fault", "--flood", "--ledger",
+        "--fault", "--flood", "--ledger", "--no-realistic", "--unspaced", "--race-rate",
+        "--late-event-rate", "--save-hold", "--negative-zero", "--split-chunks",
+        "--identical-rate", "--orphan-override-rate", "--failed-rate",
     ):  # fmt: skip
         assert option in result.output
-    for kind in ("restart", "burst", "http_500", "huge_line", "stall", "lag"):
+    for kind in (
+        "restart", "burst", "http_500", "huge_line", "stall", "lag", "save", "race",
+        "identical", "orphan_override", "failed_call", "hidden=true", "reload=nothing",
+    ):  # fmt: skip
         assert kind in result.output
     assert simulate_command.name == "simulate"
 
@@ -67,6 +72,61 @@ def test_bad_flags_exit_2(args: list[str]) -> None:
     result = CliRunner().invoke(simulate_command, ["--port", "0", *args])
     assert result.exit_code == 2
     assert "Error" in result.output
+
+
+def test_a_typo_in_a_fault_parameter_names_the_valid_ones() -> None:
+    """--fault with a misspelt key=value is a usage error listing the kind's parameters."""
+    result = CliRunner().invoke(
+        simulate_command, ["--port", "0", "--fault", "1:restart:0.5,hiden=true"]
+    )
+    assert result.exit_code == 2
+    assert "'hiden'" in result.output
+    assert "valid: down_seconds, save_first, hidden, reload, queued" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "prefix", "empty_cost"),
+    [
+        ([], b"event: analytics\ndata: {", b'"cost":-0.0,'),
+        (["--no-realistic"], b"event:analytics\ndata:{", b'"cost":0.0,'),
+        (["--no-realistic", "--spaced"], b"event: analytics\ndata: {", b'"cost":0.0,'),
+        (["--unspaced", "--no-negative-zero"], b"event:analytics\ndata:{", b'"cost":0.0,'),
+    ],
+)
+def test_realistic_by_default_and_each_behaviour_switchable(
+    args: list[str], prefix: bytes, empty_cost: bytes
+) -> None:
+    """The default is axum 0.7's spaced framing and -0.0; --no-realistic and the single
+    flags switch them, either way."""
+    code = "from cco_cost_monitor.simulator.cli import simulate_command; simulate_command()"
+    command = [sys.executable, "-c", code, "--port", "0", "--quiet", "--rate", "0", *args]
+    with subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            match = URL.search(line)
+            assert match is not None, line
+            assert ("not realistic" in line) == ("--no-realistic" in args)
+            url = f"http://127.0.0.1:{match.group(1)}/api/stream"
+            with httpx.stream("GET", url, timeout=5.0) as response:
+                received = b""
+                for chunk in response.iter_raw():
+                    received += chunk
+                    if b"\n\n" in received:
+                        break
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert received.startswith(prefix)
+    assert empty_cost in received
 
 
 def test_port_in_use_exits_1() -> None:

@@ -23,13 +23,23 @@ from cco_cost_monitor.simulator import (
     Simulator,
     SimulatorSettings,
     TrafficProfile,
+    classic,
     running,
     serve,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
-BASE = SimulatorSettings(
-    port=0, interval=0.05, keepalive=30.0, seed=11, traffic=TrafficProfile(rate=40.0)
+
+
+def plain(**fields: Any) -> TrafficProfile:
+    """A traffic profile without the realistic mode's odd records (twins, orphans, failures)."""
+    return TrafficProfile(identical_rate=0.0, orphan_override_rate=0.0, failed_rate=0.0, **fields)
+
+
+# The classic mode (realistic behaviours off): these tests pin the exact bytes and totals
+# of each feature; tests/test_simulator_realistic.py covers the realistic mode.
+BASE = classic(
+    SimulatorSettings(port=0, interval=0.05, keepalive=30.0, seed=11, traffic=plain(rate=40.0))
 )
 
 
@@ -335,7 +345,7 @@ class TestFaults:
 
     async def test_burst_overflows_the_window(self, client: httpx.AsyncClient) -> None:
         """A burst of N>20 requests inside one interval: calls jump by N, 20 are visible."""
-        settings = replace(BASE, traffic=TrafficProfile(rate=0.0), interval=0.1)
+        settings = replace(BASE, traffic=plain(rate=0.0), interval=0.1)
         async with running(settings) as sim, stream(client, sim.stream_url) as (_, reader):
             before = await reader.snapshot()
             await post(client, sim, "/_sim/fault", {"kind": "burst", "count": 45})
@@ -426,7 +436,7 @@ class TestFaults:
 class TestGatewayAndFlood:
     async def test_gateway_requests(self, client: httpx.AsyncClient) -> None:
         """The gateway stream carries started/text_delta/completed per unique request."""
-        settings = replace(BASE, traffic=TrafficProfile(rate=200.0))
+        settings = replace(BASE, traffic=plain(rate=200.0))
         async with running(settings) as sim, stream(client, sim.gateway_url) as (response, reader):
             assert response.headers["content-type"] == "text/event-stream"
             frames = [await reader.next() for _ in range(60)]
@@ -441,7 +451,7 @@ class TestGatewayAndFlood:
 
     async def test_gateway_ping_and_lag(self, client: httpx.AsyncClient) -> None:
         """The gateway pings when idle; a lag fault drops N events, then says so."""
-        settings = replace(BASE, ping_interval=0.05, traffic=TrafficProfile(rate=0.0))
+        settings = replace(BASE, ping_interval=0.05, traffic=plain(rate=0.0))
         async with running(settings) as sim:
             async with stream(client, sim.gateway_url) as (_, reader):
                 assert await reader.next() == b":ping\n\n"

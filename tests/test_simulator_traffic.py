@@ -26,6 +26,13 @@ from cco_cost_monitor.simulator.traffic import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def plain(**fields: Any) -> TrafficProfile:
+    """A traffic profile without the realistic mode's odd records (twins, orphans, failures)."""
+    return TrafficProfile(identical_rate=0.0, orphan_override_rate=0.0, failed_rate=0.0, **fields)
+
+
 NS = 1_000_000_000
 T0 = 1_763_419_200 * NS  # 2025-11-17T22:40:00+00:00
 FRACTION = re.compile(r"T\d\d:\d\d:\d\d(?:\.(\d+))?\+00:00$")
@@ -46,7 +53,7 @@ def generate(
 ) -> list[ActivityEvent]:
     """Events of ``seconds`` of traffic (default 5 requests per second)."""
     profile.setdefault("rate", 5.0)
-    gen = TrafficGenerator(TrafficProfile(**profile), seed, timestamp_digits=None)
+    gen = TrafficGenerator(plain(**profile), seed, timestamp_digits=None)
     return gen.step(start, start + int(seconds * NS))
 
 
@@ -109,7 +116,7 @@ class TestGenerator:
     ) -> None:
         """Event timestamps are unique, increasing, parseable and within the step."""
         gen = TrafficGenerator(
-            TrafficProfile(
+            plain(
                 rate=rate,
                 cache_hit_rate=cache_hit_rate,
                 override_rate=override_rate,
@@ -136,7 +143,7 @@ class TestGenerator:
     def test_steps_do_not_change_the_traffic(self) -> None:
         """Generating in many small steps yields exactly the events of one big step."""
         whole = generate(seed=9, seconds=60.0)
-        gen = TrafficGenerator(TrafficProfile(rate=5.0), 9, timestamp_digits=None)
+        gen = TrafficGenerator(plain(rate=5.0), 9, timestamp_digits=None)
         cuts = [T0 + int(s * NS) for s in (0, 0.3, 7, 7.001, 22, 59.9, 60)]
         pieces = [e for a, b in itertools.pairwise(cuts) for e in gen.step(a, b)]
         assert pieces == whole
@@ -148,7 +155,7 @@ class TestGenerator:
 
     def test_rate_zero_is_idle(self) -> None:
         """A paused generator produces nothing, but a burst still arrives."""
-        gen = TrafficGenerator(TrafficProfile(rate=0.0), 1, timestamp_digits=None)
+        gen = TrafficGenerator(plain(rate=0.0), 1, timestamp_digits=None)
         assert gen.step(T0, T0 + 100 * NS) == []
         burst = gen.step(T0 + 100 * NS, T0 + 105 * NS, extra=45)
         assert sum(e.counts_as_call for e in burst) == 45
@@ -206,7 +213,7 @@ class TestGenerator:
 
     def test_early_timestamps_are_unique_microseconds(self) -> None:
         """In the early format, timestamps are unique at microsecond resolution."""
-        gen = TrafficGenerator(TrafficProfile(rate=5000.0), 1, timestamp_digits=6)
+        gen = TrafficGenerator(plain(rate=5000.0), 1, timestamp_digits=6)
         events = gen.step(T0, T0 + NS)
         assert len(events) > 4000
         assert len({e.timestamp for e in events}) == len(events)
@@ -214,7 +221,7 @@ class TestGenerator:
 
     def test_flood_batch_is_new_api_calls(self) -> None:
         """A flood batch is N brand-new api_call events with unique timestamps."""
-        gen = TrafficGenerator(TrafficProfile(), 1, timestamp_digits=None)
+        gen = TrafficGenerator(plain(), 1, timestamp_digits=None)
         first, second = gen.flood(20, T0), gen.flood(20, T0)
         assert all(e.event_type == "api_call" for e in first + second)
         assert len({e.timestamp for e in first + second}) == 40
@@ -224,7 +231,7 @@ def events_strategy() -> st.SearchStrategy[list[ActivityEvent]]:
     """Generated traffic of varying length and mix."""
     return st.builds(
         lambda seed, n, hits: TrafficGenerator(
-            TrafficProfile(rate=1.0, cache_hit_rate=hits, override_rate=0.3),
+            plain(rate=1.0, cache_hit_rate=hits, override_rate=0.3),
             seed,
             timestamp_digits=None,
         ).step(T0, T0 + 1, extra=n),
@@ -333,14 +340,14 @@ class TestProxyState:
         """An idle proxy's snapshot equals the idle fixture but for time and uptime."""
         fixture = fixture_snapshots("analytics_idle.sse")[0]
         at = 1_763_419_048 * NS + 550_021_334
-        ours = ProxyState(ProxyTotals(), at, uptime_offset=2015).snapshot(at)
+        ours = ProxyState(ProxyTotals(), at, uptime_offset=2015, negative_zero=False).snapshot(at)
         assert orjson.dumps(ours) == orjson.dumps(fixture)
 
     def test_early_snapshot_has_six_field_events(self) -> None:
         """The early format drops status, cost and chart_data, like its fixture."""
         fixture = fixture_snapshots("analytics_early_format_spaced.sse")[0]
         state = ProxyState(ProxyTotals(), T0)
-        gen = TrafficGenerator(TrafficProfile(rate=5.0), 1, timestamp_digits=6)
+        gen = TrafficGenerator(plain(rate=5.0), 1, timestamp_digits=6)
         for event in gen.step(T0, T0 + 5 * NS):
             state.record(event)
         ours = state.snapshot(T0 + 5 * NS, "early")

@@ -10,7 +10,7 @@ Import the public names from here.
 
 from cco_cost_monitor.simulator.faults import Fault, ScheduledFault, parse_fault_spec
 from cco_cost_monitor.simulator.server import Simulator, run, running, serve
-from cco_cost_monitor.simulator.settings import SimulatorSettings
+from cco_cost_monitor.simulator.settings import SimulatorSettings, classic
 from cco_cost_monitor.simulator.traffic import TrafficProfile
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Simulator",
     "SimulatorSettings",
     "TrafficProfile",
+    "classic",
     "parse_fault_spec",
     "run",
     "running",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cco_cost_monitor.errors import ConfigError, StartupError
 from cco_cost_monitor.simulator.faults import FAULT_HELP, ScheduledFault, parse_fault_spec
 from cco_cost_monitor.simulator.server import GATEWAY_PATH, Simulator, run
-from cco_cost_monitor.simulator.settings import SimulatorSettings
+from cco_cost_monitor.simulator.settings import SimulatorSettings, classic
 from cco_cost_monitor.simulator.traffic import TrafficProfile
 
 __all__ = ["simulate_command"]
@@ -27,8 +29,20 @@ time: curl -d '{{"kind":"burst","count":60}}' http://HOST:PORT/_sim/fault):
 {_FAULT_LINES}
 
 \b
+ARG is the main parameter, or key=value pairs after it, comma-separated:
+--fault 30:restart:0.5,hidden=true,reload=nothing,queued=3
+
+\b
+Realistic mode (default; --no-realistic turns it all off, each flag below
+overrides one behaviour either way): snapshots read apart from the records
+(--race-rate, --late-event-rate), saves holding snapshots back (--save-hold),
+-0.0 on an empty proxy, 'event: analytics' spacing, frames split inside UTF-8
+characters, identical events, overrides with no call, failed calls.
+
+\b
 Control endpoints: POST /_sim/fault, POST /_sim/traffic {{"rate": 0}} (pause),
-GET /_sim/ledger (ground truth: everything generated, per connection).
+GET /_sim/ledger (ground truth: everything generated, per connection;
+since_first_contact is what a monitor connected from the start must count).
 """
 
 
@@ -137,7 +151,71 @@ _rate = click.FloatRange(0.0, 1.0)
     show_default=True,
     help="Snapshot format: current (8-field events), early (6 fields), old (cache/models/totals).",
 )
-@click.option("--spaced", is_flag=True, help="Write 'data: ' with a space, as the proxy's docs do.")
+@click.option(
+    "--realistic/--no-realistic",
+    default=True,
+    show_default=True,
+    help="Do what the proxy's code does (see below); --no-realistic: atomic snapshots, "
+    "unspaced frames, no save holds, no odd records.",
+)
+@click.option(
+    "--spaced/--unspaced",
+    default=None,
+    help="'event: analytics' with a space (axum 0.7, realistic default) or without (older axum).",
+)
+@click.option(
+    "--race-rate",
+    type=_rate,
+    default=None,
+    help="Share of snapshots with new requests read while 1-3 of them finish: events ahead "
+    "of calls (and cost). Realistic default 0.25.",
+)
+@click.option(
+    "--late-event-rate",
+    type=_rate,
+    default=None,
+    help="Share of snapshots whose newest event reaches the ring only after the read "
+    "(it shows in the next one). Realistic default 0.05.",
+)
+@click.option(
+    "--save-hold",
+    type=click.FloatRange(0.0, 86_400.0),
+    default=None,
+    help="Each save holds snapshots back this many seconds (keep-alives flow), then the "
+    "missed ones fire back to back. Realistic default 6; 0 = no hold.",
+)
+@click.option(
+    "--negative-zero/--no-negative-zero",
+    default=None,
+    help="An empty proxy sends cost -0.0 (realistic default) or 0.0.",
+)
+@click.option(
+    "--split-chunks/--no-split-chunks",
+    default=None,
+    help="Write each snapshot in several chunks, cut inside a multi-byte UTF-8 character "
+    "when there is one (realistic default).",
+)
+@click.option(
+    "--identical-rate",
+    type=_rate,
+    default=None,
+    help="Share of requests that are two byte-identical simulated-era calls (100/50 tokens, "
+    "one microsecond timestamp). Realistic default 0.02.",
+)
+@click.option(
+    "--orphan-override-rate",
+    type=_rate,
+    default=None,
+    help="Share of requests that are a model_override with no api_call (not counted in "
+    "calls). Realistic default 0.02.",
+)
+@click.option(
+    "--failed-rate",
+    type=_rate,
+    default=None,
+    help="Share of requests that fail upstream (api_call tokens 0, cost 0.0) and repeat as "
+    "cached cache_hits. Realistic default 0.02.",
+)
 @click.option(
     "--save-interval",
     type=click.FloatRange(min=0.001),
@@ -216,7 +294,16 @@ def simulate_command(
     coarse_timestamp_rate: float,
     tiny_cost_rate: float,
     wire_format: str,
-    spaced: bool,
+    realistic: bool,
+    spaced: bool | None,
+    race_rate: float | None,
+    late_event_rate: float | None,
+    save_hold: float | None,
+    negative_zero: bool | None,
+    split_chunks: bool | None,
+    identical_rate: float | None,
+    orphan_override_rate: float | None,
+    failed_rate: float | None,
     save_interval: float,
     down_seconds: float,
     faults: tuple[ScheduledFault, ...],
@@ -233,8 +320,9 @@ def simulate_command(
     Serves GET /api/stream (analytics snapshots, as `cco run` sends them) and
     GET /api/streams/subscribe (the gateway's per-request stream_event stream), with
     seeded, realistic traffic across opus, sonnet, haiku and other models, proxy restarts
-    that lose unsaved totals, and scriptable faults. Point a monitor at the printed URL.
-    Stops cleanly (exit 0) on Ctrl+C or SIGTERM.
+    that lose unsaved totals, and scriptable faults. By default it does what the proxy's
+    code does (realistic mode, below). Point a monitor at the printed URL. Stops cleanly
+    (exit 0) on Ctrl+C or SIGTERM.
     """
     if seed is None:
         seed = secrets.randbelow(2**31)
@@ -256,7 +344,6 @@ def simulate_command(
                 tiny_cost_rate=tiny_cost_rate,
             ),
             format=wire_format,  # type: ignore[arg-type]  # click.Choice guarantees it
-            spaced=spaced,
             save_interval=save_interval,
             down_seconds=down_seconds,
             faults=faults,
@@ -265,6 +352,28 @@ def simulate_command(
             start_uptime=start_uptime,
             history_cost=history_cost,
             history_calls=history_calls,
+        )
+        if not realistic:
+            settings = classic(settings)
+        chosen: dict[str, Any] = {
+            "spaced": spaced,
+            "race_rate": race_rate,
+            "late_event_rate": late_event_rate,
+            "save_hold": save_hold,
+            "negative_zero": negative_zero,
+            "split_chunks": split_chunks,
+        }
+        traffic: dict[str, Any] = {
+            "identical_rate": identical_rate,
+            "orphan_override_rate": orphan_override_rate,
+            "failed_rate": failed_rate,
+        }
+        settings = replace(
+            settings,
+            traffic=replace(
+                settings.traffic, **{k: v for k, v in traffic.items() if v is not None}
+            ),
+            **{k: v for k, v in chosen.items() if v is not None},
         )
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
@@ -275,6 +384,7 @@ def simulate_command(
 
     def announce(sim: Simulator) -> None:
         mode = "flood" if flood else f"{rate:g} req/s"
+        mode += ", realistic" if realistic else ", not realistic"
         click.echo(
             f"cco-monitor simulate: listening on {sim.url} -- stream {sim.stream_url} "
             f"(format {wire_format}, seed {seed}, {mode}), gateway {GATEWAY_PATH}, "

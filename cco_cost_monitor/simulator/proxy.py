@@ -4,6 +4,13 @@
 cumulative totals (``project.cost``/``calls``, reloaded from the last *save* after a
 restart, so the unsaved tail is lost), the uptime, and the snapshot JSON of each wire
 format (``current``, ``early``, ``old``).
+
+A snapshot is not an atomic picture (the wire-format spec, "What a snapshot does not
+promise"): the proxy reads ``calls``, then ``cost``, then the ring, while requests finish.
+:class:`Read` says how far one snapshot's reads lag behind the records: the newest
+``calls_lag`` requests are not yet in ``calls``, the newest ``cost_lag`` not yet in
+``cost``, and the newest ``hidden`` ring entries are not yet in the window. The lagged
+``cost`` is the exact running total the proxy had then, never a float difference.
 """
 
 from __future__ import annotations
@@ -17,12 +24,36 @@ import orjson
 
 from cco_cost_monitor.simulator.traffic import ActivityEvent, WireFormat, format_timestamp
 
-__all__ = ["ACTIVITY_WINDOW", "RING_SIZE", "ModelTotals", "ProxyState", "ProxyTotals"]
+__all__ = [
+    "ACTIVITY_WINDOW",
+    "ATOMIC",
+    "RING_SIZE",
+    "ModelTotals",
+    "ProxyState",
+    "ProxyTotals",
+    "Read",
+]
 
 RING_SIZE = 100
 ACTIVITY_WINDOW = 20
 PROJECT_NAME = "Claude Orchestra"
 _NS = 1_000_000_000
+
+
+# How many running (calls, cost) totals a process remembers for lagged reads.
+_RUNNING_TOTALS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """How one snapshot's reads lag behind the records (all zero: an atomic picture)."""
+
+    calls_lag: int = 0
+    cost_lag: int = 0
+    hidden: int = 0
+
+
+ATOMIC = Read()
 
 
 @dataclass(slots=True)
@@ -78,18 +109,48 @@ class ProxyTotals:
 class ProxyState:
     """One simulated proxy process: ring, live totals, saved totals, uptime."""
 
-    def __init__(self, totals: ProxyTotals, started_ns: int, *, uptime_offset: int = 0) -> None:
+    def __init__(
+        self,
+        totals: ProxyTotals,
+        started_ns: int,
+        *,
+        uptime_offset: int = 0,
+        negative_zero: bool = True,
+    ) -> None:
         self.totals = totals.copy()
         self.saved = totals.copy()
         self.started_ns = started_ns
         self.last_save_ns = started_ns
         self.uptime_offset = uptime_offset
+        self.negative_zero = negative_zero
         self.ring: deque[ActivityEvent] = deque(maxlen=RING_SIZE)
+        # (calls, cost) after each counted record, newest last: what a lagged read saw.
+        self.running: deque[tuple[int, float]] = deque(
+            [(self.totals.calls, self.totals.cost)], maxlen=_RUNNING_TOTALS
+        )
 
     def record(self, event: ActivityEvent) -> None:
         """Append to the ring and count it."""
         self.ring.append(event)
-        self.totals.add(event)
+        if event.counts_as_call:
+            self.totals.add(event)
+            self.running.append((self.totals.calls, self.totals.cost))
+
+    def clamp(self, read: Read, new_calls: int, new_entries: int) -> Read:
+        """``read`` limited to what is possible: lags only among the newest records."""
+        calls_lag = min(read.calls_lag, new_calls, self.totals.calls)
+        cost_lag = min(read.cost_lag, calls_lag, len(self.running) - 1)
+        hidden = min(read.hidden, new_entries, len(self.ring))
+        return Read(calls_lag, cost_lag, hidden)
+
+    def read_totals(self, read: Read = ATOMIC) -> tuple[int, float]:
+        """``(calls, cost)`` as a snapshot with this ``read`` reports them."""
+        calls = self.totals.calls - read.calls_lag
+        records, cost = self.running[-1 - read.cost_lag] if read.cost_lag else self.running[-1]
+        if records == 0 and cost == 0.0 and self.negative_zero:
+            # Rust's f64 sum over no records.
+            cost = -0.0
+        return calls, cost
 
     def save(self, now_ns: int) -> None:
         """Persist the totals (the proxy's periodic metrics-file save)."""
@@ -100,30 +161,44 @@ class ProxyState:
         """Whether ``save_interval`` seconds have passed since the last save."""
         return now_ns - self.last_save_ns >= save_interval * _NS
 
-    def restarted(self, now_ns: int) -> ProxyState:
-        """The next process: totals reloaded from the last save, empty ring, uptime 0."""
-        return ProxyState(self.saved, now_ns)
+    def restarted(
+        self, now_ns: int, *, reload_nothing: bool = False, uptime_offset: int = 0
+    ) -> ProxyState:
+        """The next process: totals reloaded from the last save, empty ring, uptime 0.
+
+        ``reload_nothing``: the metrics file was cut by a crash, totals restart from zero.
+        ``uptime_offset``: the new process reports this much uptime at start (a slow start
+        after a short life: the uptime does not drop).
+        """
+        reloaded = ProxyTotals() if reload_nothing else self.saved
+        return ProxyState(
+            reloaded, now_ns, uptime_offset=uptime_offset, negative_zero=self.negative_zero
+        )
 
     def uptime(self, now_ns: int) -> int:
         """Whole seconds since this process started."""
         return self.uptime_offset + max(0, now_ns - self.started_ns) // _NS
 
-    def window(self) -> list[ActivityEvent]:
-        """The last (up to) 20 events of the ring, oldest first."""
-        start = max(0, len(self.ring) - ACTIVITY_WINDOW)
-        return [self.ring[i] for i in range(start, len(self.ring))]
+    def window(self, hidden: int = 0) -> list[ActivityEvent]:
+        """The last (up to) 20 events of the ring, oldest first, minus the newest ``hidden``."""
+        end = len(self.ring) - max(0, hidden)
+        start = max(0, end - ACTIVITY_WINDOW)
+        return [self.ring[i] for i in range(start, end)]
 
-    def snapshot(self, now_ns: int, fmt: WireFormat = "current") -> dict[str, Any]:
-        """The ``analytics`` data object of the given wire format."""
+    def snapshot(
+        self, now_ns: int, fmt: WireFormat = "current", read: Read = ATOMIC
+    ) -> dict[str, Any]:
+        """The ``analytics`` data object of the given wire format (``read``: current/early)."""
         if fmt == "old":
             return self._old_snapshot()
         totals = self.totals
+        calls, cost = self.read_totals(read)
         snapshot: dict[str, Any] = {
             "project": {
                 "name": PROJECT_NAME,
-                "cost": totals.cost,
+                "cost": cost,
                 "tokens": int(totals.would_be_cost),
-                "calls": totals.calls,
+                "calls": calls,
                 "last_updated": format_timestamp(now_ns, 6 if fmt == "early" else None),
             },
             "machine": {
@@ -132,18 +207,20 @@ class ProxyState:
                 "uptime": self.uptime(now_ns),
                 "process_count": 1,
             },
-            "activity": [event.to_wire(fmt) for event in self.window()],
+            "activity": [event.to_wire(fmt) for event in self.window(read.hidden)],
         }
         if fmt == "current":
-            snapshot["chart_data"] = self._chart_data(now_ns)
+            # The charts print 0.0 where project.cost says -0.0 (see the axum 0.7 fixture).
+            snapshot["chart_data"] = self._chart_data(now_ns, cost + 0.0)
         return snapshot
 
-    def snapshot_bytes(self, now_ns: int, fmt: WireFormat = "current") -> bytes:
+    def snapshot_bytes(
+        self, now_ns: int, fmt: WireFormat = "current", read: Read = ATOMIC
+    ) -> bytes:
         """The snapshot as the proxy serialises it: compact JSON on one line."""
-        return orjson.dumps(self.snapshot(now_ns, fmt))
+        return orjson.dumps(self.snapshot(now_ns, fmt, read))
 
-    def _chart_data(self, now_ns: int) -> dict[str, Any]:
-        total = self.totals.cost
+    def _chart_data(self, now_ns: int, total: float) -> dict[str, Any]:
         today = datetime.fromtimestamp(now_ns // _NS, UTC).date()
         per_day = total / 30
         requests = sum(t.requests for t in self.totals.models.values())

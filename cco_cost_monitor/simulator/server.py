@@ -10,6 +10,12 @@ tests) and :func:`run` (blocking, for the CLI).
 
 Every proxy process ("incarnation") is a fresh aiohttp application on the same port; the
 :class:`Simulator` outlives them and keeps the ground-truth :class:`~ledger.Ledger`.
+
+Realistic mode (the default settings) does what the proxy's code does: each snapshot may be
+read while requests finish (:meth:`Simulator._choose_read`), a save holds every snapshot back
+for ``save_hold`` seconds while ``: keep-alive`` flows, then sends the held snapshot (old
+``calls``, new ``cost`` and ring) and the missed ticks back to back, and restarts can keep
+the uptime, reload nothing, or start with queued requests.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import time
 from collections import deque
@@ -32,7 +39,7 @@ from anyio.abc import TaskStatus
 from cco_cost_monitor.errors import StartupError
 from cco_cost_monitor.simulator.faults import Fault
 from cco_cost_monitor.simulator.ledger import Ledger
-from cco_cost_monitor.simulator.proxy import ProxyState, ProxyTotals
+from cco_cost_monitor.simulator.proxy import ATOMIC, ProxyState, ProxyTotals, Read
 from cco_cost_monitor.simulator.settings import SimulatorSettings
 from cco_cost_monitor.simulator.streams import (
     SSE_HEADERS,
@@ -48,6 +55,7 @@ from cco_cost_monitor.simulator.streams import (
 )
 from cco_cost_monitor.simulator.traffic import (
     KEEPALIVE_FRAME,
+    KEEPALIVE_FRAME_SPACED,
     PING_FRAME,
     ActivityEvent,
     TrafficGenerator,
@@ -66,6 +74,16 @@ GATEWAY_PATH = "/api/streams/subscribe"
 FLOOD_BATCH = 20
 
 
+class _Hold:
+    """A save in progress: the records lock is held until ``until`` (loop time)."""
+
+    def __init__(self, until: float, calls: int) -> None:
+        self.until = until
+        self.calls = calls
+        self.missed = 0
+        self.released = asyncio.Event()
+
+
 class Simulator:
     """A running stand-in proxy. Create, ``await start()``, ..., ``await stop()``."""
 
@@ -79,7 +97,11 @@ class Simulator:
             settings.seed,
             timestamp_digits=6 if settings.format == "early" else None,
         )
-        self.state = ProxyState(ProxyTotals(), time.time_ns())
+        self.state = ProxyState(ProxyTotals(), time.time_ns(), negative_zero=settings.negative_zero)
+        self._race_rng = random.Random(None if settings.seed is None else f"{settings.seed}-races")
+        self._pending_race: Fault | None = None
+        self._pending_events: list[ActivityEvent] = []
+        self._hold: _Hold | None = None
         self._port = settings.port
         self._runner: web.AppRunner | None = None
         self._streams: set[Stream] = set()
@@ -89,6 +111,7 @@ class Simulator:
         self._stall = Stall()
         self._pending_burst = 0
         self._pending_restart: Fault | None = None
+        self._pending_save: float | None = None
         self._dying = False
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
@@ -136,7 +159,9 @@ class Simulator:
         history = ProxyTotals(
             cost=s.history_cost, calls=s.history_calls, would_be_cost=s.history_cost
         )
-        self.state = ProxyState(history, now, uptime_offset=s.start_uptime)
+        self.state = ProxyState(
+            history, now, uptime_offset=s.start_uptime, negative_zero=s.negative_zero
+        )
         self._generator.reset_clock(now)
         self._last_gen_ns = now
         if s.ledger_path is not None:
@@ -186,6 +211,24 @@ class Simulator:
                 self._wake.set()
         elif kind == "burst":
             self._pending_burst += fault.count
+        elif kind == "race":
+            self._pending_race = fault
+        elif kind == "save":
+            hold = self.settings.save_hold if fault.seconds is None else fault.seconds
+            if self._hold is None:
+                self._pending_save = hold
+                self._wake.set()
+        elif kind in ("identical", "orphan_override", "failed_call"):
+            now = self._now_ns()
+            gen = self._generator
+            if kind == "identical":
+                events = gen.identical(fault.count, now)
+            elif kind == "orphan_override":
+                events = gen.orphan_override(fault.count, now, fault.model)
+            else:
+                events = gen.failed_call(fault.count, now)
+            # Recorded with the next step (behind the records lock while a save holds it).
+            self._pending_events.extend(events)
         elif kind == "drop":
             applied = len(self._streams)
             for stream in list(self._streams):
@@ -194,7 +237,7 @@ class Simulator:
             self._rejections.append([kind, fault.count])
             applied = fault.count
         elif kind == "stall":
-            self._stall.extend(fault.seconds)
+            self._stall.extend(60.0 if fault.seconds is None else fault.seconds)
             applied = len(self._streams)
         elif kind == "lag":
             gateway = [s for s in self._streams if s.kind == "gateway"]
@@ -232,6 +275,7 @@ class Simulator:
                 "seed": self.settings.seed,
                 "rate": self._generator.profile.rate,
                 "open_streams": sum(1 for s in self._streams if s.kind == "analytics"),
+                "holding": self._hold is not None,
                 "gateway_connections": self.gateway_connections,
             },
         )
@@ -286,18 +330,31 @@ class Simulator:
         old = self.state
         if fault.save_first:
             old.save(time.time_ns())
+        last_uptime = old.uptime(time.time_ns())
         await self._shutdown_process()
+        nothing = fault.reload == "nothing"
         record = self.ledger.record_restart(
-            at=self._rfc3339(), before=old.totals, reloaded=old.saved, down_seconds=down
+            at=self._rfc3339(),
+            before=old.totals,
+            reloaded=ProxyTotals() if nothing else old.saved,
+            down_seconds=down,
+            hidden=fault.hidden,
+            queued=fault.queued,
         )
         self._write_ledger([record])
         log.info("proxy restart: down for %.3f s, lost $%.6f", down, record["lost_cost_usd"])
         await asyncio.sleep(down)
         now = time.time_ns()
-        self.state = old.restarted(now)
+        # A slow start after a short life: uptime measured from before the reload shows no drop.
+        offset = last_uptime + 1 + int(down) if fault.hidden else 0
+        self.state = old.restarted(now, reload_nothing=nothing, uptime_offset=offset)
         self.incarnation += 1
         self._generator.reset_clock(now)
         self._last_gen_ns = now
+        if fault.queued:
+            # Requests that waited for the new process: in its ring and totals before the
+            # first snapshot (they can lift calls above the last value seen).
+            self._record(self._generator.step(now - 1_000_000, now, extra=fault.queued))
         while True:
             try:
                 await self._bind()
@@ -316,12 +373,42 @@ class Simulator:
     def _rfc3339(self) -> str:
         return format_timestamp(time.time_ns())
 
-    def _advance(self, now_ns: int) -> None:
-        """Generate what arrived since the last step (plus any pending burst)."""
+    def _advance(self, now_ns: int) -> list[ActivityEvent]:
+        """Generate what arrived since the last step (plus pending bursts and odd records)."""
         extra, self._pending_burst = self._pending_burst, 0
-        events = self._generator.step(self._last_gen_ns, now_ns, extra=extra)
+        race = self._pending_race
+        if race is not None:
+            extra += race.count
+        events, self._pending_events = self._pending_events, []
+        events += self._generator.step(self._last_gen_ns, now_ns, extra=extra)
         self._last_gen_ns = max(self._last_gen_ns, now_ns)
         self._record(events)
+        return events
+
+    def _choose_read(self, events: list[ActivityEvent]) -> Read:
+        """How this snapshot's reads race with the requests that just finished (``events``)."""
+        s = self.settings
+        calls = sum(1 for e in events if e.counts_as_call)
+        race, self._pending_race = self._pending_race, None
+        if s.format == "old" or not events:
+            return ATOMIC
+        read = ATOMIC
+        if race is not None:
+            n = race.count
+            read = {
+                "event_ahead": Read(n, n, 0),
+                "cost_ahead": Read(n, 0, 0),
+                "event_late": Read(0, 0, n),
+            }[race.mode]
+        else:
+            rng = self._race_rng
+            roll = rng.random()
+            if calls and roll < s.race_rate:
+                n = rng.randint(1, min(3, calls))
+                read = Read(n, n, 0) if rng.random() < 0.5 else Read(n, 0, 0)
+            elif roll < s.race_rate + s.late_event_rate:
+                read = Read(0, 0, 1)
+        return self.state.clamp(read, calls, len(events))
 
     def _record(self, events: list[ActivityEvent]) -> None:
         if not events:
@@ -347,39 +434,112 @@ class Simulator:
                 for frame in frames:
                     stream.put(frame)
 
-    def _snapshot_frame(self, now_ns: int) -> Snapshot:
-        data = self.state.snapshot_bytes(now_ns, self.settings.format)
-        return Snapshot(sse_frame("analytics", data, spaced=self.settings.spaced))
+    def _snapshot_frame(self, now_ns: int, read: Read = ATOMIC) -> Snapshot:
+        s = self.settings
+        data = self.state.snapshot_bytes(now_ns, s.format, read)
+        return Snapshot(sse_frame("analytics", data, spaced=s.spaced), split=s.split_chunks)
+
+    def _broadcast(self, frame: Snapshot) -> None:
+        for stream in self._streams:
+            if stream.kind == "analytics" and not stream.awaiting_first:
+                stream.put(frame)
+
+    def _save(self, now: int, hold: float) -> None:
+        """The periodic save; with ``hold`` > 0 it holds the records lock that long."""
+        self.state.save(now)
+        record = self.ledger.record_save(self._rfc3339(), self.state.totals)
+        self._write_ledger([{**record, "hold_seconds": hold}])
+        if hold > 0:
+            loop = asyncio.get_running_loop()
+            self._hold = _Hold(loop.time() + hold, self.state.totals.calls)
 
     def _tick(self) -> None:
         now = self._now_ns()
-        if not self.settings.flood:
-            self._advance(now)
-        if self.state.save_due(now, self.settings.save_interval):
-            self.state.save(now)
-            self._write_ledger([self.ledger.record_save(self._rfc3339(), self.state.totals)])
+        pending_save, self._pending_save = self._pending_save, None
         if self.settings.flood:
+            if self.state.save_due(now, self.settings.save_interval):
+                self._save(now, 0.0)
             return
-        frame = self._snapshot_frame(now)
-        for stream in self._streams:
-            if stream.kind == "analytics":
-                stream.put(frame)
+        if pending_save is not None or self.state.save_due(now, self.settings.save_interval):
+            # The save takes the lock first: this tick's snapshot is the first one held.
+            self._save(now, self.settings.save_hold if pending_save is None else pending_save)
+            if self._hold is not None:
+                self._hold.missed = 1
+                return
+        events = self._advance(now)
+        self._broadcast(self._snapshot_frame(now, self._choose_read(events)))
+
+    def _release(self) -> None:
+        """The save is done: queued requests land, the held snapshot and missed ticks fire."""
+        hold, self._hold = self._hold, None
+        if hold is None:
+            return
+        now = self._now_ns()
+        events = self._advance(now)
+        self._pending_race = None
+        # The held snapshot read calls before the queued records landed; cost and ring after.
+        stale = self.state.clamp(Read(calls_lag=self.state.totals.calls - hold.calls), 10**9, 0)
+        frame = self._snapshot_frame(now, stale)
+        waiting = [s for s in self._streams if s.awaiting_first]
+        if hold.missed:
+            self._broadcast(frame)
+        for stream in waiting:
+            self._first_snapshot(stream, now, frame, stale)
+        if hold.missed:
+            for _ in range(hold.missed - 1):
+                self._broadcast(self._snapshot_frame(self._now_ns()))
+        hold.released.set()
+        log.info(
+            "save released: %d queued events, %d snapshots back to back", len(events), hold.missed
+        )
+
+    def _first_snapshot(self, stream: Stream, now: int, frame: Snapshot, read: Read) -> None:
+        """Queue a connection's first snapshot and record what it said in the ledger."""
+        calls, cost = self.state.read_totals(read)
+        stream.record = self.ledger.open_connection(
+            opened_at=format_timestamp(now),
+            path=STREAM_PATH,
+            calls=calls,
+            cost=cost,
+            read=read,
+        )
+        self._write_ledger([{"kind": "connection", **stream.record}])
+        stream.awaiting_first = False
+        stream.put(frame)
+        for item in stream.after_first:
+            stream.put(item)
+        stream.after_first.clear()
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.settings.interval
         next_at = loop.time() + interval
         while True:
-            delay = next_at - loop.time()
-            if delay > 0 and self._pending_restart is None:
+            hold = self._hold
+            wake_at = next_at if hold is None else min(next_at, hold.until)
+            delay = wake_at - loop.time()
+            urgent = hold is None and (
+                self._pending_restart is not None or self._pending_save is not None
+            )
+            if delay > 0 and not urgent:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
             self._wake.clear()
             try:
+                hold = self._hold
+                if hold is not None:
+                    if loop.time() >= hold.until:
+                        self._release()
+                        continue
+                    if loop.time() >= next_at:
+                        # A tick due while the save holds the lock: fired at the release.
+                        hold.missed += 1
+                        next_at += interval
+                    continue
                 self._tick()
                 restart = self._pending_restart
-                if restart is not None:
+                if restart is not None and self._hold is None:
                     # Right after a snapshot: every event so far was reported to clients.
                     await self._restart(restart)
                     self._pending_restart = None
@@ -435,21 +595,19 @@ class Simulator:
         try:
             # No await between generating, building and recording: the ledger's
             # first_snapshot is exactly what this snapshot says.
+            stream.after_first.extend(self._for_next_connection)
+            self._for_next_connection.clear()
             now = self._now_ns()
             if self.settings.flood:
                 self._record(self._generator.flood(FLOOD_BATCH, now))
                 now = self._now_ns()
+                self._first_snapshot(stream, now, self._snapshot_frame(now), ATOMIC)
+            elif self._hold is not None:
+                # The handler blocks on the records lock; keep-alives flow meanwhile.
+                stream.awaiting_first = True
             else:
-                self._advance(now)
-            first = self._snapshot_frame(now)
-            stream.record = self.ledger.open_connection(
-                opened_at=format_timestamp(now), path=STREAM_PATH, totals=self.state.totals
-            )
-            self._write_ledger([{"kind": "connection", **stream.record}])
-            for item in self._for_next_connection:
-                stream.put(item)
-            self._for_next_connection.clear()
-            await write_item(response, stream, first, self.ledger)
+                read = self._choose_read(self._advance(now))
+                self._first_snapshot(stream, now, self._snapshot_frame(now, read), read)
             if self.settings.flood:
                 await self._flood(response, stream)
             else:
@@ -457,7 +615,7 @@ class Simulator:
                     response,
                     stream,
                     idle=self.settings.keepalive,
-                    comment=KEEPALIVE_FRAME,
+                    comment=KEEPALIVE_FRAME_SPACED if self.settings.spaced else KEEPALIVE_FRAME,
                     stall=self._stall,
                     ledger=self.ledger,
                 )

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from cco_cost_monitor.simulator.faults import Fault
 from cco_cost_monitor.simulator.ledger import Ledger
-from cco_cost_monitor.simulator.traffic import sse_frame
+from cco_cost_monitor.simulator.traffic import split_frame, sse_frame
 
 __all__ = [
     "BAD_JSON_DATA",
@@ -52,9 +52,14 @@ BAD_JSON_DATA = b'{"project":{"name":"Claude Orchestra","cost":0.0105,"calls":'
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A framed analytics snapshot (counted in the ledger when written)."""
+    """A framed analytics snapshot (counted in the ledger when written).
+
+    ``split``: written in several chunks, cut inside a multi-byte UTF-8 character when the
+    frame has one (:func:`~cco_cost_monitor.simulator.traffic.split_frame`).
+    """
 
     data: bytes
+    split: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,10 @@ class Stream:
     closing: bool = False
     skip: int = 0
     skipped: int = 0
+    # Connected while a save held the records lock: its first snapshot waits for the release.
+    awaiting_first: bool = False
+    # Frame faults for this connection, to follow its first snapshot.
+    after_first: list[Item] = field(default_factory=list)
 
     def put(self, item: Item) -> None:
         """Queue an item; after a Close nothing more is queued."""
@@ -179,7 +188,11 @@ async def write_item(
 ) -> None:
     """Write one queued item (a Close is the caller's business)."""
     if isinstance(item, Snapshot):
-        await response.write(item.data)
+        if item.split:
+            for piece in split_frame(item.data):
+                await response.write(piece)
+        else:
+            await response.write(item.data)
         ledger.snapshots_sent += 1
         if stream.record is not None:
             stream.record["snapshots_sent"] += 1

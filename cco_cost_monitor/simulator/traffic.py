@@ -6,8 +6,12 @@ Owns the requests a CCO proxy sees and how its frames look on the wire:
 - :class:`TrafficGenerator` -- seeded, realistic requests (a Poisson process), bursts and
   flood batches, with strictly increasing, hence unique, timestamps;
 - :class:`ActivityEvent` -- one ring entry and its wire object (eight or six keys);
-- :func:`format_timestamp` (chrono's AutoSi RFC 3339), :func:`sse_frame` (axum's
-  ``name:value`` framing) and the gateway's ``stream_event`` frames.
+- the proxy's odd records: byte-identical simulated-era responses, overrides with no
+  following ``api_call`` (client model strings, some non-ASCII), failed calls (tokens 0,
+  cost 0.0) and their cached repeats;
+- :func:`format_timestamp` (chrono's AutoSi RFC 3339), :func:`sse_frame` (axum 0.7's
+  ``name: value`` framing, or the older ``name:value``), :func:`split_frame` (a frame cut
+  into chunks inside a multi-byte UTF-8 character) and the gateway's ``stream_event`` frames.
 
 Every time is an argument (integer nanoseconds since the epoch), so all of it is testable.
 """
@@ -18,15 +22,18 @@ import functools
 import itertools
 import math
 import random
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
 __all__ = [
+    "CLIENT_MODELS",
     "KEEPALIVE_FRAME",
+    "KEEPALIVE_FRAME_SPACED",
     "MODEL_MIX",
     "OVERRIDES",
     "PING_FRAME",
@@ -38,12 +45,15 @@ __all__ = [
     "WireFormat",
     "format_timestamp",
     "gateway_frames",
+    "split_frame",
     "sse_frame",
 ]
 
 WireFormat = Literal["current", "early", "old"]
 
 KEEPALIVE_FRAME = b":keep-alive\n\n"
+# axum 0.7's KeepAlive writes the comment with one space, like its fields.
+KEEPALIVE_FRAME_SPACED = b": keep-alive\n\n"
 PING_FRAME = b":ping\n\n"
 _NS = 1_000_000_000
 
@@ -95,6 +105,19 @@ OVERRIDES: dict[str, str] = {
     "claude-haiku-4.5": "claude-sonnet-4-5-20250929",
     "claude-3-5-haiku-20241022": "claude-opus-4-1-20250805",
 }
+# What clients ask for when an agent rule rewrites to a bare name the price table lacks
+# (``haiku``/``sonnet``/``opus``): only the ``model_override`` is recorded, with the client's
+# original string -- any string, including pasted en dashes, non-breaking hyphens, emoji.
+CLIENT_MODELS: tuple[str, ...] = (
+    "claude-sonnet-4.5",
+    "claude-opus-4",
+    "claude-opus-4\u20131",
+    "claude\u2011sonnet\u20114.5",
+    "claude-haiku-4.5 \U0001f680",
+    "sonnet",
+)
+# Simulated-era responses (until the proxy forwarded real traffic): 100 in / 50 out, latency 0.
+SIMULATED_SPLIT = (100, 50)
 _MIX_NAMES = [m for m, _ in MODEL_MIX]
 _MIX_CUMULATIVE = list(itertools.accumulate(w for _, w in MODEL_MIX))
 _TINY_MODEL = "claude-3-haiku-20240307"
@@ -141,9 +164,26 @@ def format_timestamp(ns: int, digits: int | None = None) -> str:
 
 
 def sse_frame(event: str, data: bytes, *, spaced: bool = False) -> bytes:
-    """One SSE event as axum writes it (``name:value``), or with a space as the proxy's docs."""
+    """One SSE event as axum 0.7 writes it (``name: value``), or unspaced as axum before 0.7."""
     sep = b": " if spaced else b":"
     return b"event" + sep + event.encode() + b"\ndata" + sep + data + b"\n\n"
+
+
+def split_frame(frame: bytes) -> list[bytes]:
+    """``frame`` cut into chunks the way a network may deliver it (joined, they are ``frame``).
+
+    Cuts after the first byte (inside the field name), inside the first multi-byte UTF-8
+    character if there is one (right after its lead byte), and between the two newlines
+    that end the frame. A reader that decodes chunk by chunk breaks on the second cut.
+    """
+    cuts = {1}
+    lead = next((i for i, b in enumerate(frame) if b >= 0xC0), None)
+    if lead is not None:
+        cuts.add(lead + 1)
+    if frame.endswith(b"\n\n"):
+        cuts.add(len(frame) - 1)
+    points = sorted(c for c in cuts if 0 < c < len(frame))
+    return [frame[a:b] for a, b in itertools.pairwise([0, *points, len(frame)])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +202,9 @@ class ActivityEvent:
     would_be_cost: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    # Which odd record this is: "" (ordinary), "identical" (a byte-identical twin of the
+    # previous event), "orphan_override", "failed" or "failed_repeat".
+    note: str = ""
 
     @property
     def counts_as_call(self) -> bool:
@@ -196,6 +239,10 @@ class TrafficProfile:
     coarse_timestamp_rate: float = 0.05
     tiny_cost_rate: float = 0.02
     gateway_error_rate: float = 0.02
+    # The proxy's odd records (realistic mode; 0 turns each off).
+    identical_rate: float = 0.02
+    orphan_override_rate: float = 0.02
+    failed_rate: float = 0.02
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -212,6 +259,9 @@ class TrafficProfile:
             "coarse_timestamp_rate",
             "tiny_cost_rate",
             "gateway_error_rate",
+            "identical_rate",
+            "orphan_override_rate",
+            "failed_rate",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -221,10 +271,13 @@ class TrafficProfile:
 
 
 class TrafficGenerator:
-    """Seeded requests with strictly increasing (hence unique) timestamps.
+    """Seeded requests with strictly increasing timestamps (except identical twins).
 
     Arrivals form a Poisson process of ``profile.rate`` per second; a request is one
-    ``api_call`` or ``cache_hit``, preceded by a ``model_override`` now and then.
+    ``api_call`` or ``cache_hit``, preceded by a ``model_override`` now and then. Now and
+    then, too (the profile's rates): two byte-identical simulated responses with one
+    microsecond timestamp, an override that no ``api_call`` follows (not a request), or a
+    failed call (``api_call`` tokens 0, cost 0.0) followed by its cached repeats.
     """
 
     # Caps the work of one catch-up (a huge rate or a long gap cannot freeze the server).
@@ -245,6 +298,9 @@ class TrafficGenerator:
         self._next_arrival: int | None = None
         self._request_no = 0
         self._flood_pool: list[ActivityEvent] = []
+        self._twin: ActivityEvent | None = None
+        # Models whose last request failed: the proxy's cache answers their repeats.
+        self._failed_models: deque[str] = deque(maxlen=4)
         self._flood_cycle: Iterator[ActivityEvent] = iter(())
 
     def set_profile(self, profile: TrafficProfile) -> None:
@@ -333,6 +389,20 @@ class TrafficGenerator:
             )
         return events
 
+    def identical(self, count: int, now_ns: int) -> list[ActivityEvent]:
+        """``count`` byte-identical simulated-era ``api_call`` events, one microsecond stamp."""
+        return self._identical(now_ns, count)
+
+    def orphan_override(
+        self, count: int, now_ns: int, model: str | None = None
+    ) -> list[ActivityEvent]:
+        """``count`` ``model_override`` events that no ``api_call`` follows (no request)."""
+        return [self._orphan(now_ns, model) for _ in range(count)]
+
+    def failed_call(self, repeats: int, now_ns: int) -> list[ActivityEvent]:
+        """A failed call (``api_call`` tokens 0, cost 0.0) and ``repeats`` cached repeats."""
+        return self._failed(now_ns, repeats)
+
     def agent_type(self) -> str | None:
         """The optional ``agent_type`` of a gateway ``started`` frame."""
         return self._gateway_rng.choice(("python-specialist", "code-reviewer", "general", None))
@@ -403,8 +473,74 @@ class TrafficGenerator:
         input_tokens, output_tokens, latency = self._split(model)
         return self._event(ns, "api_call", model, (input_tokens, output_tokens), latency)
 
+    def _micro(self, candidate_ns: int) -> int:
+        """A microsecond-aligned stamp later than every stamp so far (macOS clocks)."""
+        ns = max(candidate_ns, self._last_ns + 1)
+        ns += -ns % 1000
+        self._last_ns = ns
+        return ns
+
+    def _identical(self, at_ns: int, count: int) -> list[ActivityEvent]:
+        ns = self._micro(at_ns)
+        model = self._rng.choices(_MIX_NAMES, cum_weights=_MIX_CUMULATIVE)[0]
+        event = replace(self._event(ns, "api_call", model, SIMULATED_SPLIT, 0), note="identical")
+        return [event] * count
+
+    def _orphan(self, at_ns: int, model: str | None) -> ActivityEvent:
+        ns = self._unique(at_ns)
+        return ActivityEvent(
+            timestamp=format_timestamp(ns, self._digits),
+            ts_ns=ns,
+            event_type="model_override",
+            model=model if model is not None else self._rng.choice(CLIENT_MODELS),
+            tokens=None,
+            latency_ms=None,
+            status="success",
+            cost=None,
+            note="orphan_override",
+        )
+
+    def _failed(self, at_ns: int, repeats: int) -> list[ActivityEvent]:
+        model = self._rng.choices(_MIX_NAMES, cum_weights=_MIX_CUMULATIVE)[0]
+        latency = max(50, int(self._rng.lognormvariate(math.log(800.0), 0.7)))
+        first = replace(
+            self._event(self._unique(at_ns), "api_call", model, (0, 0), latency), note="failed"
+        )
+        events = [first]
+        for i in range(repeats):
+            ns = self._unique(at_ns + (i + 1) * self._rng.randint(1_000, 200_000_000))
+            repeat = self._event(ns, "cache_hit", model, (0, 0), 0)
+            events.append(replace(repeat, note="failed_repeat"))
+        return events
+
     def _request(self, at_ns: int) -> list[ActivityEvent]:
+        """One arrival: one request (one counted event), or an override that is none."""
         profile = self.profile
+        if self._twin is not None:
+            # The second of two concurrent simulated calls: the same bytes, the same stamp
+            # (it may land after a snapshot that already showed the first).
+            twin, self._twin = self._twin, None
+            return [twin]
+        odd = self._rng.random()
+        if odd < profile.identical_rate:
+            first = self._identical(at_ns, 1)
+            self._twin = first[0]
+            return first
+        odd -= profile.identical_rate
+        if odd < profile.orphan_override_rate:
+            return [self._orphan(at_ns, None)]
+        odd -= profile.orphan_override_rate
+        if odd < profile.failed_rate:
+            failed = self._failed(at_ns, 0)
+            self._failed_models.append(failed[0].model)
+            return failed
+        if self._failed_models and self._rng.random() < 0.3:
+            # A repeat of a failed request, answered from the cache: cache_hit, tokens 0.
+            model = self._rng.choice(self._failed_models)
+            if self._rng.random() < 0.5:
+                self._failed_models.remove(model)
+            repeat = self._event(self._unique(at_ns), "cache_hit", model, (0, 0), 0)
+            return [replace(repeat, note="failed_repeat")]
         if self._rng.random() < profile.tiny_cost_rate:
             # A few tokens on the cheapest model: a cost like 1e-6 that orjson prints
             # in exponent form.
