@@ -509,8 +509,46 @@ class Engine:
             "unpriced_models": dict(self.unpriced_models),
         }
 
-    def load_dict(self, data: dict[str, Any]) -> None:
-        """Replace counters and buckets with ``data`` from :meth:`to_dict`."""
+    def load_dict(self, data: dict[str, Any]) -> int:
+        """Replace counters and buckets with ``data`` from :meth:`to_dict`.
+
+        A state saved by a version that let absurd values in (a cost of 1e308 summed to
+        ``inf`` and saved as ``null``, a token count past 2**63) must not stop every later
+        start: such a number is read as 0. Returns how many were, for the log.
+        """
+        data = dict(data)
+        repaired = _Repair()
+        data["sources"] = {
+            name: {
+                key: (value if key == "requests_by_type" else repaired.number(value))
+                for key, value in stored.items()
+            }
+            for name, stored in data.get("sources", {}).items()
+        }
+        for stored in data["sources"].values():
+            stored["requests_by_type"] = [
+                [tier, event_type, repaired.number(count)]
+                for tier, event_type, count in stored.get("requests_by_type", [])
+            ]
+        data["models"] = [
+            [source, tier, model, {key: repaired.number(v) for key, v in values.items()}]
+            for source, tier, model, values in data.get("models", [])
+        ]
+        data["buckets"] = {
+            kind: [
+                [
+                    start,
+                    {tier: repaired.number(v) for tier, v in cost.items()},
+                    {tier: repaired.number(v) for tier, v in requests.items()},
+                ]
+                for start, cost, requests in table
+            ]
+            for kind, table in data.get("buckets", {}).items()
+        }
+        self._load(data)
+        return repaired.count
+
+    def _load(self, data: dict[str, Any]) -> None:
         first = data.get("first_observation")
         self.first_observation = datetime.fromisoformat(first) if first else None
         self.sources = {}
@@ -534,3 +572,29 @@ class Engine:
             name: datetime.fromisoformat(at) for name, at in data.get("last_event_at", {}).items()
         }
         self.unpriced_models = dict(data.get("unpriced_models", {}))
+
+
+class _Repair:
+    """Reads saved numbers, counting the unusable ones (``null``, not finite, too large)."""
+
+    #: Larger than anything the wire's bounds let through in a lifetime of sums.
+    LIMIT = 1e15
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def number(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            if abs(value) <= 2**62:
+                return value
+        elif isinstance(value, float):
+            if math.isfinite(value) and abs(value) <= self.LIMIT:
+                return value
+            self.count += 1
+            return 0.0
+        elif value is not None:
+            return value
+        self.count += 1
+        return 0

@@ -10,6 +10,7 @@ submitted is flushed before the database is closed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from cco_cost_monitor import sdnotify
 from cco_cost_monitor.budgets import Alert
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.logs import get_logger
+from cco_cost_monitor.reconciler import SourceState
 from cco_cost_monitor.store import SCHEMA_VERSION, Store
 from cco_cost_monitor.writer import StoreWriter
 
@@ -32,6 +34,9 @@ log = get_logger("cco_cost_monitor.persistence")
 # row measured here (slow disks, busy machines).
 MIGRATION_FLOOR_SECONDS = 30.0
 MIGRATION_SECONDS_PER_ROW = 50e-6
+# Larger than any sum the wire's bounds let through in a lifetime: a saved number past it
+# (or not finite) was written by a version without those bounds.
+SANE_SAVED_NUMBER = 1e15
 
 
 async def attach(service: Service) -> None:
@@ -58,11 +63,21 @@ async def attach(service: Service) -> None:
     except BaseException:
         store.close()
         raise
-    restored.restore_engine(service.engine)
+    repaired = restored.restore_engine(service.engine)
     for spec in settings.sources:
         state = restored.source_states.get(spec.name)
         if state is not None:
+            state, fixed = _repair_source_state(state)
+            repaired += fixed
             service.restore_source(spec, state)
+    if repaired:
+        # Saved by a version without the wire's bounds: those values cannot be trusted,
+        # and refusing to start would lose everything else that was counted.
+        log.error(
+            "saved state held values outside the bounds (an absurd cost or count): "
+            "left out; the totals exclude them",
+            values=repaired,
+        )
     from cco_cost_monitor.server import BUDGET_STATE  # noqa: PLC0415  (server imports us)
 
     tracker_state = restored.component_states.get(BUDGET_STATE)
@@ -79,6 +94,35 @@ async def attach(service: Service) -> None:
         total_cost_usd=service.engine.total_cost(),
         sources=sorted(restored.source_states),
     )
+
+
+def _repair_source_state(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A reconciler's saved state with unusable numbers set back to their defaults.
+
+    ``null`` where a number belongs (an earlier version summed 1e308s to ``inf``, which
+    JSON saves as ``null``), or a number not finite or past 1e15. Returns how many were.
+    """
+    repaired = dict(data)
+    count = 0
+    for name, spec in SourceState.__dataclass_fields__.items():
+        default = spec.default
+        if name not in data or isinstance(default, bool):
+            continue
+        if not (default is None or isinstance(default, (int, float))):
+            continue
+        value = data[name]
+        if value is None:
+            if default is None:
+                continue  # "not known yet" is a legitimate saved value
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (math.isfinite(value) and abs(value) <= SANE_SAVED_NUMBER)
+        ):
+            continue
+        repaired[name] = default
+        count += 1
+    return repaired, count
 
 
 async def detach(service: Service) -> None:

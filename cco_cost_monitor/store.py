@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import math
 import operator
 import os
 import sqlite3
@@ -72,6 +74,7 @@ from cco_cost_monitor.engine import (
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.pricing import Tier
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, CostBasis, Unattributed
+from cco_cost_monitor.wire import MAX_COST_USD, MAX_COUNT, MAX_TOKENS
 
 if TYPE_CHECKING:
     from cco_cost_monitor.config import Settings
@@ -546,19 +549,53 @@ class Restored:
     last_batch: int
     component_states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def restore_engine(self, engine: Engine) -> None:
+    def restore_engine(self, engine: Engine) -> int:
         """Load counters, replay what was committed after them, and refill the recent ring.
 
-        Call on a fresh engine, before any new result is recorded.
+        Call on a fresh engine, before any new result is recorded. What an earlier version
+        saved outside the wire's bounds (``null`` or huge counters, events with a cost of
+        1e308 or 2**63 tokens) is left out rather than stopping the start; returns how many
+        values and events were, so that the caller can say so.
         """
+        repaired = 0
         if self.engine is not None:
-            engine.load_dict(self.engine)
+            repaired += engine.load_dict(self.engine)
         replayed = {(event.source, event.key) for acc in self.engine_replay for event in acc.events}
-        engine.restore_events(
-            event for event in self.events if (event.source, event.key) not in replayed
-        )
+        recent = [event for event in self.events if (event.source, event.key) not in replayed]
+        sane_recent = [event for event in recent if _sane(event)]
+        repaired += len(recent) - len(sane_recent)
+        engine.restore_events(sane_recent)
         for accounting in self.engine_replay:
-            engine.record(accounting)
+            events = tuple(event for event in accounting.events if _sane(event))
+            repaired += len(accounting.events) - len(events)
+            remainder = accounting.unattributed
+            if remainder is not None and not (
+                _bounded(remainder.cost_usd, MAX_COST_USD)
+                and _bounded(remainder.requests, MAX_COUNT)
+            ):
+                remainder = None
+                repaired += 1
+            engine.record(dataclasses.replace(accounting, events=events, unattributed=remainder))
+        return repaired
+
+
+def _bounded(value: float | None, limit: float) -> bool:
+    return value is None or (math.isfinite(value) and abs(value) <= limit)
+
+
+def _sane(event: AccountedEvent) -> bool:
+    """Whether a stored event is inside the bounds the wire enforces today."""
+    return (
+        _bounded(event.cost_usd, MAX_COST_USD)
+        and _bounded(event.recorded_cost_usd, MAX_COST_USD)
+        and _bounded(event.calculated_cost_usd, MAX_COST_USD)
+        and _bounded(event.requests, MAX_COUNT)
+        and _bounded(event.cache_hits, MAX_COUNT)
+        and _bounded(event.latency_ms, MAX_COUNT)
+        and _bounded(event.tokens, MAX_TOKENS)
+        and _bounded(event.input_tokens, MAX_TOKENS)
+        and _bounded(event.output_tokens, MAX_TOKENS)
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------

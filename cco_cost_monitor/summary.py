@@ -150,6 +150,7 @@ def build_health(
                 "frames": connection.frames,
                 "reconnects": connection.reconnects,
                 "bad_frames": dict(connection.bad_frames),
+                "last_bad_frame": connection.last_bad_frame,
                 "proxy_restarts": view.reconciler.state.proxy_restarts,
                 "gaps": view.reconciler.state.gaps,
             }

@@ -1,0 +1,133 @@
+"""Hardening against a hostile proxy and a bad day (issue 14, items 1, 2, 4-8).
+
+Each test is named after what it guards. The monitor is always the real daemon process;
+absurd frames come from :mod:`tests.hostile_proxy` (the simulator only sends what the
+real proxy sends), everything on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cco_cost_monitor.engine import Engine
+from cco_cost_monitor.reconciler import Accounting
+from cco_cost_monitor.store import Batch, Store
+from tests.builders import accounted_event
+from tests.conftest import Monitor, wait_until
+from tests.hostile_proxy import activity, hostile_proxy, snapshot
+
+UNREACHABLE = "http://127.0.0.1:9/api/stream"
+
+
+def _finite_numbers(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_finite_numbers(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite_numbers(item) for item in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
+def _absurd_frames_are_refused(
+    make_monitor: Callable[..., Monitor], tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    """Shared body: a snapshot carrying ``events`` is refused, counted, and harms nothing."""
+    sane = [activity(1)]
+    frames = [
+        snapshot([]),
+        snapshot(sane, cost=0.01, calls=1),
+        snapshot(sane + events, cost=0.01, calls=1 + len(events)),
+    ]
+    with hostile_proxy(frames) as proxy:
+        monitor = make_monitor([proxy.stream_url])
+
+        def refused() -> dict[str, Any] | None:
+            source = monitor.health()["sources"][0]
+            return source if source["bad_frames"].get("invalid_value") else None
+
+        source = wait_until(refused)
+        assert source["last_bad_frame"].startswith("invalid_value: activity.1.")
+        summary = httpx.get(f"{monitor.url}/api/summary", timeout=5)
+        assert summary.status_code == 200
+        body = summary.json()
+        assert _finite_numbers(body)
+        assert body["totals"]["cost_usd"] == 0.01
+        assert body["totals"]["requests"] == 1
+        metrics = httpx.get(f"{monitor.url}/metrics", timeout=5).text
+        assert "Inf" not in metrics
+        assert "NaN" not in metrics
+        monitor.stop()
+        proxy.frames = frames[1:]  # the same proxy, still up: no restart to see
+        again = make_monitor([proxy.stream_url], state_dir=monitor.state_dir)
+        summary = httpx.get(f"{again.url}/api/summary", timeout=5)
+        assert summary.status_code == 200
+        assert summary.json()["totals"]["cost_usd"] == 0.01
+
+
+def test_absurd_costs_are_refused_at_the_edge(
+    make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """Two events of cost 1e308 (sum: inf) are refused, never reach the totals or the state."""
+    _absurd_frames_are_refused(
+        make_monitor, tmp_path, [activity(2, cost=1e308), activity(3, cost=1e308)]
+    )
+
+
+def test_huge_token_counts_are_refused_at_the_edge(
+    make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """tokens = 2**63-1 on three events: refused; /api/summary never answers 500."""
+    huge = 2**63 - 1
+    _absurd_frames_are_refused(
+        make_monitor, tmp_path, [activity(i, tokens=huge) for i in range(2, 5)]
+    )
+
+
+def _poison(state_dir: Path) -> None:
+    """A state dir as a version without the wire's bounds left it (issue 14 items 1, 2)."""
+    state_dir.mkdir(parents=True)
+    now = datetime.now(UTC)
+    sane = accounted_event(key="sane", occurred_at=now, cost=0.5)
+    engine = Engine()
+    engine.record(Accounting("default", now, events=(sane,)))
+    saved = engine.to_dict()
+    saved["sources"]["default"]["cost_usd"] = None  # inf, saved by JSON as null
+    for table in saved["buckets"].values():
+        for bucket in table:
+            bucket[1] = dict.fromkeys(bucket[1])
+    source_state = {"baseline_set": True, "attributed_cost": None, "last_cost": None}
+    huge = accounted_event(key="huge", occurred_at=now, cost=0.25, tokens=2**63 - 1)
+    with Store.open(state_dir / "monitor.db") as store:
+        store.commit_batch(
+            Batch(
+                results=[Accounting("default", now, events=(sane,))],
+                engine=saved,
+                source_states={"default": source_state},
+            )
+        )
+        # Never folded into the saved engine state (it could not be taken): replayed.
+        store.commit_batch(Batch(results=[Accounting("default", now, events=(huge,))]))
+
+
+def test_a_poisoned_state_dir_still_starts(
+    make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """A start never dies on what an earlier run saved: unusable values are left out."""
+    state_dir = tmp_path / "poisoned"
+    _poison(state_dir)
+    monitor = make_monitor([UNREACHABLE], state_dir=state_dir)
+    summary = httpx.get(f"{monitor.url}/api/summary", timeout=5)
+    assert summary.status_code == 200, summary.text
+    body = summary.json()
+    assert _finite_numbers(body)
+    assert body["totals"]["cost_usd"] == 0.0
+    assert monitor.health()["total_cost_usd"] == 0.0
+    assert monitor.proc is not None
+    assert "outside the bounds" in monitor.proc.output()
