@@ -8,18 +8,25 @@ real proxy sends), everything on 127.0.0.1.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
+import pytest
+from aiohttp import web
 
+from cco_cost_monitor.alerts import AlertDispatcher
+from cco_cost_monitor.budgets import Alert
+from cco_cost_monitor.config import AlertSettings
 from cco_cost_monitor.engine import Engine
 from cco_cost_monitor.reconciler import Accounting
 from cco_cost_monitor.store import Batch, Store
 from tests.builders import accounted_event
-from tests.conftest import Monitor, wait_until
+from tests.conftest import Monitor, free_port, run_cli, wait_until
 from tests.hostile_proxy import activity, hostile_proxy, snapshot
 
 UNREACHABLE = "http://127.0.0.1:9/api/stream"
@@ -131,3 +138,109 @@ def test_a_poisoned_state_dir_still_starts(
     assert monitor.health()["total_cost_usd"] == 0.0
     assert monitor.proc is not None
     assert "outside the bounds" in monitor.proc.output()
+
+
+# -- item 4: malformed URLs ----------------------------------------------------------
+
+MALFORMED = [
+    "http://host:8O80/x",
+    "http://[::1",
+    "http://127.0.0.1:70000/x",
+    "http://127.0.0.1:80a/x",
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+def test_a_malformed_source_url_stops_the_start(tmp_path: Path, url: str) -> None:
+    """``--source`` with a bad port or host: exit 1 naming the key, never a daemon that dies."""
+    result = run_cli(
+        "start",
+        "--foreground",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--health-port",
+        str(free_port()),
+        "--source",
+        url,
+        timeout=30,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "sources.url" in result.stderr
+    assert "not a valid URL" in result.stderr or "http(s) URL" in result.stderr
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+def test_a_malformed_webhook_url_stops_the_start(tmp_path: Path, url: str) -> None:
+    """``alerts.webhook_url`` is checked when the file is read, not at the first alert."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "config.toml").write_text(f'[alerts]\nwebhook_url = "{url}"\n')
+    result = run_cli(
+        "start", "--foreground", "--state-dir", str(state), "--health-port", str(free_port())
+    )
+    assert result.returncode == 1, result.stderr
+    assert "alerts.webhook_url" in result.stderr
+
+
+def test_a_reload_with_a_malformed_url_keeps_the_running_config(
+    make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """SIGHUP with a broken webhook_url: rejected, the daemon keeps running as it was."""
+    state = tmp_path / "state"
+    state.mkdir()
+    config = state / "config.toml"
+    config.write_text('[alerts]\nwebhook_url = "http://127.0.0.1:9/hook"\n')
+    monitor = make_monitor([UNREACHABLE], state_dir=state)
+    config.write_text('[alerts]\nwebhook_url = "http://127.0.0.1:70000/hook"\n')
+    assert monitor.proc is not None
+    monitor.proc.signal(signal.SIGHUP)
+    proc = monitor.proc
+    wait_until(lambda: "reload rejected" in proc.output())
+    assert "alerts.webhook_url" in proc.output()
+    assert httpx.get(f"{monitor.url}/livez", timeout=5).status_code == 200
+    assert proc.popen.poll() is None
+
+
+async def test_an_alert_delivery_error_of_any_kind_never_stops_delivery() -> None:
+    """An InvalidURL (no HTTPError) or any bug in one delivery: counted, the next still goes."""
+    received: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    good = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    # As a settings object built without validation (or a future code path) could hold.
+    settings = AlertSettings.model_construct(
+        webhook_url="http://host:8O80/x", webhook_max_retries=0
+    )
+    dispatcher = AlertDispatcher(settings, backoff_base_seconds=0.01)
+    alert = Alert("threshold", "daily", None, 0.5, "half", datetime.now(UTC), {})
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(dispatcher.run)
+            dispatcher.submit(alert)
+            with anyio.fail_after(10):
+                await dispatcher.drain()
+            dispatcher.settings = AlertSettings.model_construct(
+                webhook_url="http://[::1", webhook_max_retries=0
+            )
+            dispatcher.submit(alert)
+            with anyio.fail_after(10):
+                await dispatcher.drain()
+            dispatcher.settings = AlertSettings(webhook_url=good, webhook_max_retries=0)
+            dispatcher.submit(alert)
+            with anyio.fail_after(10):
+                await dispatcher.drain()
+            group.cancel_scope.cancel()
+    finally:
+        await runner.cleanup()
+    assert dispatcher.stats()["failed"] == 2
+    assert dispatcher.stats()["sent"] == 1
+    assert len(received) == 1
