@@ -55,7 +55,7 @@ async def attach(service: Service) -> None:
         )
         # A large history takes longer than systemd's start timeout: ask for more.
         sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
-    store = await anyio.to_thread.run_sync(lambda: Store.open_settings(settings))
+    store = await anyio.to_thread.run_sync(lambda: Store.open_settings(settings, exclusive=True))
     try:
         restored = await anyio.to_thread.run_sync(
             lambda: store.load(recent_events=settings.recent_events)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import fcntl
 import math
 import operator
 import os
@@ -935,6 +936,68 @@ class _Aggregates:
             _insert_rows(conn, head, _AGGREGATE_ARITY, params, most, _AGGREGATE_UPSERT)
 
 
+# -- the single writer -----------------------------------------------------------------
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<database>.lock``, held by the daemon that writes it.
+
+    Two daemons on one database store every unattributed row twice, and the PID lock
+    cannot prevent it alone: it lives on ``daemon.pid``, which can be deleted (or another
+    state dir can name the same database). This lock belongs to the database: whoever
+    opens it to write through :meth:`Store.open` with ``exclusive=True`` takes it first,
+    without waiting, and keeps it until :meth:`Store.close`; the kernel drops it when the
+    process dies in any way. ``db prune`` does not take it: its one transaction is safe
+    next to a running daemon under SQLite's own locks, and it counts nothing.
+    """
+
+    SUFFIX = ".lock"
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self.identity = _identity(os.fstat(fd))
+
+    @classmethod
+    def acquire(cls, database: Path) -> WriterLock:
+        """Take the lock of ``database`` or raise :class:`StoreError` naming the holder."""
+        path = database.with_name(database.name + cls.SUFFIX)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the writer lock {path} of database {database}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise StoreError(
+                f"database {database} is already being written by {who} (it holds "
+                f"{path.name}); a second writer would store rows twice. Stop that one first "
+                "(if its daemon.pid was deleted, `kill` the pid), or use another state dir"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
 # -- the store -------------------------------------------------------------------------
 
 
@@ -962,6 +1025,8 @@ class Store:
         self._clock = clock
         self._lock = threading.RLock()
         self._closed = False
+        #: Held by the daemon's store for its whole life (``open(exclusive=True)``).
+        self.writer_lock: WriterLock | None = None
         self._last_batch = 0
         variable_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._event_rows_per_insert = _rows_per_insert(variable_limit, _EVENT_ARITY)
@@ -981,6 +1046,7 @@ class Store:
         retention: Retention | None = None,
         busy_timeout: float = 5.0,
         synchronous: Synchronous = "NORMAL",
+        exclusive: bool = False,
     ) -> Store:
         """Open (creating and migrating when writable) the database at ``path``.
 
@@ -990,14 +1056,22 @@ class Store:
         block the writer), never creates or migrates anything.
         """
         target = Path(path).expanduser().absolute()
-        conn = (
-            cls._connect_readonly(target, busy_timeout)
-            if readonly
-            else cls._connect(target, busy_timeout)
-        )
+        writer_lock = None
+        if exclusive and not readonly:
+            writer_lock = WriterLock.acquire(target)
+        try:
+            conn = (
+                cls._connect_readonly(target, busy_timeout)
+                if readonly
+                else cls._connect(target, busy_timeout)
+            )
+        except BaseException:
+            if writer_lock is not None:
+                writer_lock.release()
+            raise
         try:
             cls._prepare(conn, target, readonly=readonly, synchronous=synchronous)
-            return cls(
+            store = cls(
                 conn,
                 target,
                 readonly=readonly,
@@ -1006,10 +1080,16 @@ class Store:
             )
         except sqlite3.Error as exc:
             conn.close()
+            if writer_lock is not None:
+                writer_lock.release()
             raise _classify(target, exc, "opening it") from exc
         except BaseException:
             conn.close()
+            if writer_lock is not None:
+                writer_lock.release()
             raise
+        store.writer_lock = writer_lock
+        return store
 
     @staticmethod
     def migration_pending(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -1033,13 +1113,16 @@ class Store:
         return version, rows
 
     @classmethod
-    def open_settings(cls, settings: Settings, *, readonly: bool = False) -> Store:
+    def open_settings(
+        cls, settings: Settings, *, readonly: bool = False, exclusive: bool = False
+    ) -> Store:
         """:meth:`open` ``settings.db_path`` with the configured zone and retention."""
         return cls.open(
             settings.db_path,
             readonly=readonly,
             zone=settings.zone,
             retention=Retention.from_settings(settings),
+            exclusive=exclusive,
         )
 
     @staticmethod
@@ -1152,6 +1235,8 @@ class Store:
                 pass
             finally:
                 self._conn.close()
+                if self.writer_lock is not None:
+                    self.writer_lock.release()
 
     def __enter__(self) -> Store:
         return self

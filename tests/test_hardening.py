@@ -244,3 +244,35 @@ async def test_an_alert_delivery_error_of_any_kind_never_stops_delivery() -> Non
     assert dispatcher.stats()["failed"] == 2
     assert dispatcher.stats()["sent"] == 1
     assert len(received) == 1
+
+
+# -- item 5: one writer per database --------------------------------------------------
+
+
+def test_a_second_daemon_cannot_write_the_database_after_daemon_pid_was_deleted(
+    make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """With daemon.pid gone, a second start passes the PID lock but not the database's."""
+    state = tmp_path / "state"
+    first = make_monitor([UNREACHABLE], state_dir=state)
+    assert first.proc is not None
+    (state / "daemon.pid").unlink()
+    result = run_cli(
+        "start",
+        "--foreground",
+        "--state-dir",
+        str(state),
+        "--health-port",
+        str(free_port()),
+        "--source",
+        UNREACHABLE,
+        timeout=30,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"already being written by pid {first.proc.pid}" in result.stderr
+    assert first.proc.popen.poll() is None
+    assert httpx.get(f"{first.url}/livez", timeout=5).status_code == 200
+    first.stop()
+    # Once the first has stopped, the database is free again.
+    again = make_monitor([UNREACHABLE], state_dir=state)
+    assert httpx.get(f"{again.url}/livez", timeout=5).status_code == 200
