@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,7 +23,7 @@ from cco_cost_monitor.budgets import Alert
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.reconciler import SourceState
-from cco_cost_monitor.store import SCHEMA_VERSION, Store
+from cco_cost_monitor.store import SCHEMA_VERSION, Store, finish_rescue
 from cco_cost_monitor.writer import StoreWriter
 
 if TYPE_CHECKING:
@@ -136,7 +137,40 @@ async def detach(service: Service) -> None:
         log.error("could not save the last results before exiting", error=str(exc))
     finally:
         if store is not None:
+            rescued = _rescue(store)
             store.close()
+            if rescued is not None:
+                _finish_rescue(store, rescued)
+
+
+def _rescue(store: Store) -> Path | None:
+    """A copy of the database whose file was deleted or replaced while we ran, if it was."""
+    try:
+        copy = store.rescue()
+    except StoreError as exc:
+        log.error("the deleted database could not be saved", error=str(exc))
+        return None
+    if copy is not None:
+        log.warning("saved the database that was deleted or replaced while running", copy=str(copy))
+    return copy
+
+
+def _finish_rescue(store: Store, copy: Path) -> None:
+    try:
+        restored = finish_rescue(store.path, copy)
+    except OSError as exc:
+        log.error("could not move the saved database into place", copy=str(copy), error=str(exc))
+        return
+    if restored:
+        log.warning(
+            "the saved database is back in place: the next start resumes exactly",
+            path=str(store.path),
+        )
+    else:
+        log.warning(
+            "another file now holds the database's name: the saved copy was left beside it",
+            copy=str(copy),
+        )
 
 
 def writer_status(writer: StoreWriter | None) -> dict[str, Any] | None:

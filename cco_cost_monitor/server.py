@@ -195,6 +195,7 @@ class Service:
             snapshot_interval=self.settings.snapshot_interval_seconds,
             grace_seconds=self.settings.health_grace_seconds,
             store=self.store_status(),
+            store_problem=self.store.file_problem() if self.store is not None else None,
         )
         return document, 503 if document["status"] == "fail" else 200
 

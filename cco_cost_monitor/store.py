@@ -51,6 +51,7 @@ import fcntl
 import math
 import operator
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -998,6 +999,81 @@ def _identity(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
+#: The ``meta`` key of the database's random id, also written to ``<database>.id``.
+DATABASE_ID_KEY = "database_id"
+MARKER_SUFFIX = ".id"
+RESCUED_SUFFIX = ".rescued"
+
+
+def _marker_path(database: Path) -> Path:
+    return database.with_name(database.name + MARKER_SUFFIX)
+
+
+def _write_marker(path: Path, database_id: str) -> None:
+    """``<database>.id``: this state dir has held that database (atomic, 0600, no symlink)."""
+    try:
+        if path.read_text(encoding="ascii").strip() == database_id:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    temporary = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        os.write(fd, f"{database_id}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def _refuse_lost_history(database: Path) -> None:
+    """Refuse to create an empty database where the marker says one with history was.
+
+    The marker ``<database>.id`` is written once a database is open; it outlives a
+    ``monitor.db`` deleted (or emptied) under a running or stopped daemon. Starting over
+    then must be a decision: remove the marker too.
+    """
+    marker = _marker_path(database)
+    if not marker.is_file():
+        return
+    wal = database.with_name(database.name + "-wal")
+    try:
+        size = database.stat().st_size
+    except FileNotFoundError:
+        size = None
+    try:
+        wal_size = wal.stat().st_size
+    except FileNotFoundError:
+        wal_size = 0
+    if size is None:
+        what = "is missing"
+    elif size == 0 and wal_size == 0:
+        what = "is empty"
+    else:
+        return
+    raise StoreError(
+        f"database {database} {what}, but this state dir has held one ({marker.name} says "
+        "so): refusing to start from zero silently. Put the database back (a backup, or a "
+        f"{database.name}{RESCUED_SUFFIX}-* copy the daemon saved), or, to start over on "
+        f"purpose, remove {marker} and start again"
+    )
+
+
+def finish_rescue(database: Path, copy: Path) -> bool:
+    """Move a rescued copy to ``database`` if that name is free (after the store closed)."""
+    if database.exists():
+        return False
+    for suffix in ("-wal", "-shm"):
+        # The deleted file's WAL and index, if the closing connection left them.
+        with contextlib.suppress(FileNotFoundError):
+            database.with_name(database.name + suffix).unlink()
+    os.replace(copy, database)
+    return True
+
+
 # -- the store -------------------------------------------------------------------------
 
 
@@ -1027,6 +1103,8 @@ class Store:
         self._closed = False
         #: Held by the daemon's store for its whole life (``open(exclusive=True)``).
         self.writer_lock: WriterLock | None = None
+        #: (device, inode) of ``path`` when the daemon's store opened it.
+        self.file_identity: tuple[int, int] | None = None
         self._last_batch = 0
         variable_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._event_rows_per_insert = _rows_per_insert(variable_limit, _EVENT_ARITY)
@@ -1059,6 +1137,11 @@ class Store:
         writer_lock = None
         if exclusive and not readonly:
             writer_lock = WriterLock.acquire(target)
+            try:
+                _refuse_lost_history(target)
+            except BaseException:
+                writer_lock.release()
+                raise
         try:
             conn = (
                 cls._connect_readonly(target, busy_timeout)
@@ -1089,7 +1172,90 @@ class Store:
                 writer_lock.release()
             raise
         store.writer_lock = writer_lock
+        if writer_lock is not None:
+            try:
+                store._adopt(target)
+            except BaseException:
+                store.close()
+                raise
         return store
+
+    def _adopt(self, target: Path) -> None:
+        """Give the database an id, record it beside it, and note which file we write."""
+        try:
+            database_id = self.meta().get(DATABASE_ID_KEY)
+            if database_id is None:
+                database_id = secrets.token_hex(16)
+                self.set_meta(DATABASE_ID_KEY, database_id)
+            _write_marker(_marker_path(target), database_id)
+            self.file_identity = _identity(os.stat(target))
+        except OSError as exc:
+            raise StoreError(f"cannot record the identity of {target}: {exc}") from exc
+
+    def file_problem(self) -> str | None:
+        """Why the file this store writes is no longer ``monitor.db`` (None while it is).
+
+        Deleted or replaced under a running daemon (``rm``, a restore by copy), the open
+        connection keeps writing a file nobody will read again; /health fails with this.
+        """
+        if self.file_identity is None:
+            return None
+        name = self.path.name
+        try:
+            current = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            return (
+                f"{name} was deleted while the daemon runs: counts go on into the deleted "
+                "file, which a clean stop saves back in its place"
+            )
+        except OSError as exc:
+            return f"{name} cannot be checked: {exc.strerror or exc}"
+        if current != self.file_identity:
+            return (
+                f"{name} was replaced by another file while the daemon runs: counts go on "
+                f"into the old one, which a clean stop saves as {name}{RESCUED_SUFFIX}-<time>"
+            )
+        lock = self.writer_lock
+        if lock is not None:
+            try:
+                held = _identity(os.stat(lock.path)) == lock.identity
+            except OSError:
+                held = False
+            if not held:
+                return (
+                    f"{lock.path.name} was deleted or replaced while the daemon runs: "
+                    "a second daemon could now start on this database"
+                )
+        return None
+
+    def rescue(self) -> Path | None:
+        """Save the database this connection holds when its file was deleted or replaced.
+
+        Copies it (SQLite's online backup) to ``monitor.db.rescued-<time>``, which
+        :func:`finish_rescue` moves into place after :meth:`close` when the name is free.
+        Returns the copy's path, or None when nothing needed saving.
+        """
+        if self.file_identity is None or self.readonly:
+            return None
+        try:
+            current: tuple[int, int] | None = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            current = None
+        if current == self.file_identity:
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        copy = self.path.with_name(f"{self.path.name}{RESCUED_SUFFIX}-{stamp}")
+        with self._lock:
+            try:
+                destination = sqlite3.connect(copy)
+                try:
+                    self._conn.backup(destination)
+                finally:
+                    destination.close()
+                os.chmod(copy, 0o600)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"could not save the deleted database to {copy}: {exc}") from exc
+        return copy
 
     @staticmethod
     def migration_pending(path: str | os.PathLike[str]) -> tuple[int, int] | None:

@@ -119,8 +119,12 @@ def build_health(
     snapshot_interval: float,
     grace_seconds: float,
     store: Mapping[str, Any] | None = None,
+    store_problem: str | None = None,
 ) -> dict[str, Any]:
-    """The ``application/health+json`` document."""
+    """The ``application/health+json`` document.
+
+    ``store_problem`` (the database file deleted or replaced under the daemon) fails it.
+    """
     checks: dict[str, list[dict[str, Any]]] = {}
     statuses: list[HealthStatus] = []
     sources = []
@@ -167,6 +171,11 @@ def build_health(
             }
         ]
     status = health_status(statuses, disk_lag)
+    if store_problem is not None:
+        status = "fail"
+        checks["store:file"] = [
+            {"componentType": "datastore", "status": "fail", "output": store_problem}
+        ]
     last_events = list(engine.last_event_at.values())
     last_snapshots = [
         view.connection.last_snapshot_at for view in views if view.connection.last_snapshot_at

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,14 @@ from cco_cost_monitor.engine import Engine
 from cco_cost_monitor.reconciler import Accounting
 from cco_cost_monitor.store import Batch, Store
 from tests.builders import accounted_event
-from tests.conftest import Monitor, free_port, run_cli, wait_until
+from tests.conftest import (
+    Monitor,
+    Simulator,
+    free_port,
+    run_cli,
+    truth_since_first_contact,
+    wait_until,
+)
 from tests.hostile_proxy import activity, hostile_proxy, snapshot
 
 UNREACHABLE = "http://127.0.0.1:9/api/stream"
@@ -276,3 +284,101 @@ def test_a_second_daemon_cannot_write_the_database_after_daemon_pid_was_deleted(
     # Once the first has stopped, the database is free again.
     again = make_monitor([UNREACHABLE], state_dir=state)
     assert httpx.get(f"{again.url}/livez", timeout=5).status_code == 200
+
+
+# -- item 6: monitor.db deleted or replaced under the daemon ------------------------------
+
+
+def _settle(sim: Simulator, monitor: Monitor) -> dict[str, Any]:
+    """Pause traffic, wait for the monitor to see the proxy's final totals; its summary."""
+    sim.traffic(0)
+
+    def caught_up() -> dict[str, Any] | None:
+        summary = monitor.summary()
+        source = summary["sources"][0]
+        calls = sim.ledger()["proxy_calls"]
+        return summary if source["proxy_reported_calls"] == calls else None
+
+    wait_until(caught_up, timeout=20)
+    time.sleep(0.5)
+    summary: dict[str, Any] = monitor.summary()
+    return summary
+
+
+def test_a_deleted_database_fails_health_and_a_clean_stop_puts_it_back_exact(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """rm monitor.db under the daemon: /health fails saying so; nothing counted is lost."""
+    sim = make_simulator("--interval", "0.1", "--rate", "20", "--seed", "5")
+    state = tmp_path / "state"
+    monitor = make_monitor([sim.stream_url], state_dir=state)
+    wait_until(lambda: monitor.health()["events_processed"] > 5)
+    (state / "monitor.db").unlink()
+    response = wait_until(
+        lambda: (r := httpx.get(f"{monitor.url}/health", timeout=5)).status_code == 503 and r
+    )
+    document = response.json()
+    assert document["status"] == "fail"
+    assert "monitor.db was deleted" in document["checks"]["store:file"][0]["output"]
+    counted = monitor.health()["events_processed"]
+    wait_until(lambda: monitor.health()["events_processed"] > counted)  # counting goes on
+    before = _settle(sim, monitor)
+    monitor.stop()
+    assert monitor.proc is not None
+    assert "the saved database is back in place" in monitor.proc.output()
+    assert (state / "monitor.db").is_file()
+    assert not list(state.glob("monitor.db.rescued-*"))
+    again = make_monitor([sim.stream_url], state_dir=state)
+    after = _settle(sim, again)
+    assert after["totals"] == before["totals"]
+    assert run_cli("db", "check", "--state-dir", str(state)).returncode == 0
+    truth, calls = truth_since_first_contact(sim.ledger())
+    assert after["totals"]["requests"] == calls
+    assert after["totals"]["cost_usd"] == pytest.approx(truth, abs=1e-9)
+
+
+def test_a_replaced_database_fails_health_and_the_old_one_is_saved_beside_it(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """A file copied over monitor.db: /health fails; the daemon's own is kept at a stop."""
+    sim = make_simulator("--interval", "0.1", "--rate", "20", "--seed", "6")
+    state = tmp_path / "state"
+    monitor = make_monitor([sim.stream_url], state_dir=state)
+    wait_until(lambda: monitor.health()["events_processed"] > 5)
+    stranger = tmp_path / "other.db"
+    stranger.write_bytes(b"")
+    stranger.replace(state / "monitor.db")
+    document = wait_until(
+        lambda: (r := httpx.get(f"{monitor.url}/health", timeout=5)).status_code == 503 and r.json()
+    )
+    assert "replaced by another file" in document["checks"]["store:file"][0]["output"]
+    monitor.stop()
+    rescued = list(state.glob("monitor.db.rescued-*"))
+    assert len(rescued) == 1
+    assert (state / "monitor.db").stat().st_size == 0  # the user's file is left alone
+
+
+def test_a_start_never_silently_creates_an_empty_database_where_history_was(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """monitor.db gone (or emptied) after a crash: start refuses until the user decides."""
+    sim = make_simulator("--interval", "0.1", "--rate", "20", "--seed", "8")
+    state = tmp_path / "state"
+    monitor = make_monitor([sim.stream_url], state_dir=state)
+    wait_until(lambda: monitor.health()["events_processed"] > 5)
+    monitor.kill9()
+    for name in ("monitor.db", "monitor.db-wal", "monitor.db-shm"):
+        (state / name).unlink(missing_ok=True)
+    start = ("start", "--foreground", "--state-dir", str(state), "--source", sim.stream_url)
+    result = run_cli(*start, "--health-port", str(free_port()), timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "is missing, but this state dir has held one" in result.stderr
+    assert not (state / "monitor.db").exists()
+    (state / "monitor.db").write_bytes(b"")  # an empty file is no better
+    result = run_cli(*start, "--health-port", str(free_port()), timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "is empty, but this state dir has held one" in result.stderr
+    # Starting over is a decision: remove the marker, as the message says.
+    (state / "monitor.db.id").unlink()
+    fresh = make_monitor([sim.stream_url], state_dir=state)
+    assert fresh.health()["events_processed"] == 0
