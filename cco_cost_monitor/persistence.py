@@ -88,7 +88,7 @@ async def attach(service: Service) -> None:
         [Alert.from_dict(record.as_dict()) for record in reversed(restored.alerts)]
     )
     service.store = store
-    service.writer = StoreWriter(store)
+    service.writer = StoreWriter(store, prune_now=service.prune_clock.now)
     log.info(
         "state restored",
         events=service.engine.events_processed(),

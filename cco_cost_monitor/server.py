@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +34,7 @@ from cco_cost_monitor.api import make_app
 from cco_cost_monitor.budgets import AlertTracker, evaluate
 from cco_cost_monitor.client import RUNTIME_FILE
 from cco_cost_monitor.config import Settings, SourceSpec, load_settings
-from cco_cost_monitor.engine import BucketKind, Engine
+from cco_cost_monitor.engine import BucketKind, Engine, PruneClock
 from cco_cost_monitor.errors import ConfigError, StartupError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.pidlock import PidLock
@@ -90,6 +91,9 @@ class Service:
         self.flags = dict(flags or {})
         self.clock = clock
         self.started_at = clock()
+        # Uptime from the monotonic clock: a wall clock stepped back never makes it negative.
+        self.started_monotonic = time.monotonic()
+        self.prune_clock = PruneClock()
         self.prices = PriceTable.default().with_overrides(settings.prices)
         self.engine = Engine(zone=settings.zone, recent_capacity=settings.recent_events)
         self.reconcilers: dict[str, Reconciler] = {}
@@ -192,6 +196,7 @@ class Service:
             views=self.views(),
             now=self.clock(),
             started_at=self.started_at,
+            uptime_seconds=time.monotonic() - self.started_monotonic,
             snapshot_interval=self.settings.snapshot_interval_seconds,
             grace_seconds=self.settings.health_grace_seconds,
             store=self.store_status(),
@@ -232,7 +237,7 @@ class Service:
         while True:
             try:
                 self.evaluate_budgets()
-                self.engine.prune(self.clock())
+                self.engine.prune(self.prune_clock.now())
             except Exception as exc:
                 log.error("projections or budgets could not be evaluated", exc_info=exc)
             await anyio.sleep(max(1.0, min(self.settings.snapshot_interval_seconds, 5.0)))

@@ -120,6 +120,7 @@ def build_health(
     grace_seconds: float,
     store: Mapping[str, Any] | None = None,
     store_problem: str | None = None,
+    uptime_seconds: float | None = None,
 ) -> dict[str, Any]:
     """The ``application/health+json`` document.
 
@@ -183,7 +184,9 @@ def build_health(
     return {
         "status": status,
         "version": __version__,
-        "uptime_seconds": round((now - started_at).total_seconds(), 3),
+        "uptime_seconds": round(
+            (now - started_at).total_seconds() if uptime_seconds is None else uptime_seconds, 3
+        ),
         "connection_status": _connection_status(views),
         "events_processed": engine.events_processed(),
         "snapshots_processed": sum(view.connection.snapshots for view in views),

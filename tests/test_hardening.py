@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,12 +24,13 @@ from aiohttp import web
 from cco_cost_monitor.alerts import AlertDispatcher
 from cco_cost_monitor.budgets import Alert
 from cco_cost_monitor.config import AlertSettings
-from cco_cost_monitor.engine import Engine
+from cco_cost_monitor.engine import Engine, PruneClock
 from cco_cost_monitor.reconciler import Accounting
 from cco_cost_monitor.store import Batch, Store
 from tests.builders import accounted_event
 from tests.conftest import (
     Monitor,
+    Proc,
     Simulator,
     free_port,
     run_cli,
@@ -382,3 +384,91 @@ def test_a_start_never_silently_creates_an_empty_database_where_history_was(
     (state / "monitor.db.id").unlink()
     fresh = make_monitor([sim.stream_url], state_dir=state)
     assert fresh.health()["events_processed"] == 0
+
+
+# -- item 7: wall-clock steps ----------------------------------------------------------------
+
+SHIFTED_CLOCK = Path(__file__).with_name("shifted_clock.py")
+DAY = 86_400.0
+
+
+class ShiftedMonitor(Monitor):
+    """The real daemon, under a wall clock stepped through ``offset_file``."""
+
+    def __init__(self, state_dir: Path, sources: list[str], offset_file: Path) -> None:
+        super().__init__(state_dir, sources)
+        self.offset_file = offset_file
+
+    def start(self, *extra: str) -> Monitor:
+        args = [sys.executable, str(SHIFTED_CLOCK), str(self.offset_file), "start"]
+        args += ["--foreground", "--health-port", str(self.port)]
+        args += ["--state-dir", str(self.state_dir)]
+        for source in self.sources:
+            args += ["--source", source]
+        self.proc = Proc([*args, *extra], self.state_dir.parent / "shifted.log", env=self.env)
+        wait_until(lambda: httpx.get(f"{self.url}/livez", timeout=1).status_code == 200)
+        return self
+
+
+def _step(offset_file: Path, seconds: float) -> None:
+    offset_file.write_text(f"{seconds}\n")
+
+
+def test_buckets_survive_a_wall_clock_step_ahead_and_back(
+    make_simulator: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    """+15 days for 8 s, then back: this_hour and today keep what they had (not $0)."""
+    sim = make_simulator("--interval", "0.1", "--rate", "20", "--seed", "9")
+    offset_file = tmp_path / "offset"
+    monitor = ShiftedMonitor(tmp_path / "state", [sim.stream_url], offset_file).start()
+    try:
+        wait_until(lambda: monitor.health()["events_processed"] > 5)
+        before = _settle(sim, monitor)["periods"]
+        assert before["this_hour"]["cost_usd"] > 0
+        _step(offset_file, 15 * DAY)
+        time.sleep(8)  # the engine prunes every second or so
+        _step(offset_file, 0)
+        time.sleep(2)
+        after = monitor.summary()["periods"]
+        for period in ("this_hour", "today"):
+            assert after[period]["cost_usd"] == pytest.approx(before[period]["cost_usd"]), period
+            assert after[period]["requests"] == before[period]["requests"], period
+    finally:
+        monitor.stop()
+
+
+def test_uptime_never_goes_negative_after_a_step_back(
+    make_simulator: Callable[..., Simulator], tmp_path: Path
+) -> None:
+    """uptime_seconds counts on a monotonic clock: a day's step back changes nothing."""
+    sim = make_simulator("--interval", "0.1", "--rate", "5", "--seed", "10")
+    offset_file = tmp_path / "offset"
+    monitor = ShiftedMonitor(tmp_path / "state", [sim.stream_url], offset_file).start()
+    try:
+        first = monitor.health()["uptime_seconds"]
+        _step(offset_file, -DAY)
+        time.sleep(0.5)
+        later = monitor.health()["uptime_seconds"]
+        assert first <= later < first + 60
+    finally:
+        monitor.stop()
+
+
+def test_the_prune_clock_ignores_a_short_step_ahead_and_adopts_one_that_stays() -> None:
+    """A step back is followed at once; a step ahead only once it has lasted an hour."""
+    wall = [1_000_000.0]
+    steady = [50.0]
+    clock = PruneClock(wall=lambda: wall[0], monotonic=lambda: steady[0])
+
+    def advance(seconds: float, *, step: float = 0.0) -> float:
+        steady[0] += seconds
+        wall[0] += seconds + step
+        return clock.now().timestamp()
+
+    assert advance(10) == wall[0]
+    assert advance(1, step=15 * DAY) == wall[0] - 15 * DAY  # ahead: not trusted yet
+    assert advance(8, step=-15 * DAY) == wall[0]  # back again: followed
+    assert advance(1, step=-DAY) == wall[0]  # a step back is followed at once
+    assert advance(1, step=3 * DAY) == wall[0] - 3 * DAY
+    assert advance(PruneClock.ADOPT_AFTER_SECONDS) == wall[0]  # it stayed: adopted
+    assert advance(5) == wall[0]
