@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
+import io
 import logging
 import os
 import signal
@@ -488,6 +490,28 @@ def _extend_app(app: web.Application, service: Service) -> None:
     extensions.install(app, service)
 
 
+def _log_fatal_signals() -> None:
+    """Let a crash in C (SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL) say why in the log.
+
+    A signal like these cannot be survived: SQLite's shared-memory index (monitor.db-shm)
+    truncated under the daemon faults on the next access. Python's faulthandler writes
+    "Fatal Python error: Bus error" and every thread's stack to where the log goes
+    (monitor.log in the background, stderr and the journal in the foreground) before the
+    process dies by the same signal; the service manager restarts it and the next start
+    resumes from the database, exactly.
+    """
+    stream: Any = sys.stderr
+    for handler in logging.getLogger().handlers:
+        candidate = getattr(handler, "stream", None)
+        if candidate is not None and hasattr(candidate, "fileno"):
+            stream = candidate
+            break
+    try:
+        faulthandler.enable(file=stream, all_threads=True)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        log.warning("crash reports unavailable: the log has no file descriptor")
+
+
 def run_service(
     settings: Settings,
     *,
@@ -499,6 +523,7 @@ def run_service(
     # event loop thread to drop it again: at the default 5 ms that wait throttled ingestion
     # under flood (bench_ingest, four interleaved pairs: +2.5 to +16 % events per CPU s).
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    _log_fatal_signals()
     service = Service(settings, flags=flags)
 
     def ready() -> None:

@@ -8,6 +8,7 @@ real proxy sends), everything on 127.0.0.1.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -472,3 +473,29 @@ def test_the_prune_clock_ignores_a_short_step_ahead_and_adopts_one_that_stays() 
     assert advance(1, step=3 * DAY) == wall[0] - 3 * DAY
     assert advance(PruneClock.ADOPT_AFTER_SECONDS) == wall[0]  # it stayed: adopted
     assert advance(5) == wall[0]
+
+
+# -- item 8: monitor.db-shm truncated under the daemon -----------------------------------
+
+
+def test_a_truncated_shm_file_is_logged_as_the_cause_and_the_restart_is_exact(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """SIGBUS cannot be survived; the log must say so, and the next start count exactly."""
+    sim = make_simulator("--interval", "0.1", "--rate", "20", "--seed", "13")
+    state = tmp_path / "state"
+    monitor = make_monitor([sim.stream_url], state_dir=state)
+    assert monitor.proc is not None
+    wait_until(lambda: monitor.health()["events_processed"] > 5)
+    os.truncate(state / "monitor.db-shm", 0)
+    code = monitor.proc.wait(20)  # the next commit touches the index
+    assert code == -signal.SIGBUS
+    output = monitor.proc.output()
+    assert "Fatal Python error: Bus error" in output
+    assert "most recent call first" in output  # the stacks, to see where
+    again = make_monitor([sim.stream_url], state_dir=state)
+    after = _settle(sim, again)
+    truth, calls = truth_since_first_contact(sim.ledger())
+    assert after["totals"]["requests"] == calls
+    assert after["totals"]["cost_usd"] == pytest.approx(truth, abs=1e-9)
+    assert run_cli("db", "check", "--state-dir", str(state)).returncode == 0
