@@ -383,8 +383,11 @@ def test_a_start_never_silently_creates_an_empty_database_where_history_was(
     assert "is empty, but this state dir has held one" in result.stderr
     # Starting over is a decision: remove the marker, as the message says.
     (state / "monitor.db.id").unlink()
+    sim.traffic(0)  # the first snapshot is a baseline: nothing counted without new traffic
     fresh = make_monitor([sim.stream_url], state_dir=state)
+    wait_until(lambda: fresh.health()["snapshots_processed"] > 0)
     assert fresh.health()["events_processed"] == 0
+    assert (state / "monitor.db.id").is_file()  # a new database, a new marker
 
 
 # -- item 7: wall-clock steps ----------------------------------------------------------------
