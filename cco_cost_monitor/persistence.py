@@ -123,6 +123,14 @@ def _repair_source_state(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
             continue
         repaired[name] = default
         count += 1
+    # The analytics strategy's own number: a huge saved uptime (2**63 - 1 passed the old
+    # bounds) would read every later snapshot as a proxy restart. None is "not known".
+    uptime = data.get("last_uptime")
+    if isinstance(uptime, (int, float)) and not (
+        math.isfinite(uptime) and abs(uptime) <= SANE_SAVED_NUMBER
+    ):
+        repaired["last_uptime"] = None
+        count += 1
     return repaired, count
 
 

@@ -120,7 +120,12 @@ def _poison(state_dir: Path) -> None:
     for table in saved["buckets"].values():
         for bucket in table:
             bucket[1] = dict.fromkeys(bucket[1])
-    source_state = {"baseline_set": True, "attributed_cost": None, "last_cost": None}
+    source_state = {
+        "baseline_set": True,
+        "attributed_cost": None,
+        "last_cost": None,
+        "last_uptime": 2**63 - 1,
+    }
     huge = accounted_event(key="huge", occurred_at=now, cost=0.25, tokens=2**63 - 1)
     with Store.open(state_dir / "monitor.db") as store:
         store.commit_batch(
