@@ -1137,10 +1137,13 @@ class Store:
         writer_lock = None
         if exclusive and not readonly:
             writer_lock = WriterLock.acquire(target)
+        if not readonly:
+            # Every writer, `db prune` too: none may create an empty database in its place.
             try:
                 _refuse_lost_history(target)
             except BaseException:
-                writer_lock.release()
+                if writer_lock is not None:
+                    writer_lock.release()
                 raise
         try:
             conn = (

@@ -386,6 +386,11 @@ def test_a_start_never_silently_creates_an_empty_database_where_history_was(
     result = run_cli(*start, "--health-port", str(free_port()), timeout=30)
     assert result.returncode == 1, result.stderr
     assert "is empty, but this state dir has held one" in result.stderr
+    # Nor does any other writer make a database of it.
+    prune = run_cli("db", "prune", "--state-dir", str(state))
+    assert prune.returncode == 1, prune.stderr
+    assert "is empty, but this state dir has held one" in prune.stderr
+    assert (state / "monitor.db").stat().st_size == 0
     # Starting over is a decision: remove the marker, as the message says.
     (state / "monitor.db.id").unlink()
     sim.traffic(0)  # the first snapshot is a baseline: nothing counted without new traffic
