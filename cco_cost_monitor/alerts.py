@@ -170,6 +170,14 @@ class AlertDispatcher:
                 self._busy = True
                 try:
                     await self._deliver(client, alert)
+                except Exception as exc:  # one alert must never stop the delivery of the rest
+                    self.counters["failed"] += 1
+                    log.error(
+                        "alert_delivery_failed",
+                        error=type(exc).__name__,
+                        kind=alert.kind,
+                        period=alert.period,
+                    )
                 finally:
                     self._busy = False
                     if not self._queue:
@@ -222,8 +230,12 @@ class AlertDispatcher:
                     headers=headers,
                     timeout=self.settings.webhook_timeout_seconds,
                 )
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                # InvalidURL is no HTTPError: config validation refuses such a URL, and a
+                # receiver's redirect-free answer cannot produce one, but never trust that.
                 reason = type(exc).__name__
+                if not isinstance(exc, httpx.HTTPError):
+                    break  # the same URL will not become valid on a retry
                 continue
             if response.is_success:
                 self.counters["webhook_sent"] += 1

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,6 +52,42 @@ def default_state_dir() -> Path:
     return Path("~/.cco-monitor").expanduser()
 
 
+def check_http_url(value: str) -> str:
+    """``value`` if it is an http(s) URL that httpx can connect to, else ``ValueError``.
+
+    Checked when the configuration is read, so that a typo (``:8O80``, ``[::1``, port
+    70000) stops ``start`` with the key's name (exit 1) and a reload keeps the running
+    configuration, instead of failing the first connection or alert from deep in httpx.
+    """
+    shown = _shown_url(value)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # reads the port: ValueError if not a number in 0-65535
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {shown} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL with a host: {shown}")
+    if port == 0:
+        raise ValueError(f"port 0 is not a port to connect to: {shown}")
+    if any(ord(char) < 33 or ord(char) == 127 for char in value):
+        raise ValueError(f"a URL cannot hold spaces or control characters: {shown}")
+    try:
+        httpx.URL(value)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ValueError(f"not a valid URL: {shown} ({exc})") from None
+    return value
+
+
+def _shown_url(value: str) -> str:
+    """A URL for an error message: no credentials, query or fragment, bounded length."""
+    head, _, _ = value.partition("?")
+    head = head.partition("#")[0]
+    scheme, sep, rest = head.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return repr((scheme + sep + rest)[:200])
+
+
 class SourceSpec(BaseModel):
     """One SSE source: the proxy's ``/api/stream`` or the gateway's per-request stream."""
 
@@ -65,10 +102,7 @@ class SourceSpec(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"not an http(s) URL: {value!r}")
-        return value
+        return check_http_url(value)
 
     @property
     def effective_kind(self) -> Literal["analytics", "gateway"]:
@@ -129,6 +163,11 @@ class AlertSettings(BaseModel):
     command: str | None = None
     command_timeout_seconds: float = Field(default=10.0, gt=0)
     predictive: bool = True
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
 
 
 class Settings(BaseSettings):

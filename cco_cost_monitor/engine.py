@@ -12,8 +12,9 @@ Every table is bounded: buckets are pruned by age, the model table folds names b
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
@@ -27,6 +28,7 @@ __all__ = [
     "BucketKind",
     "BucketStarts",
     "Engine",
+    "PruneClock",
     "SourceTotals",
     "bucket_start",
     "local",
@@ -509,8 +511,46 @@ class Engine:
             "unpriced_models": dict(self.unpriced_models),
         }
 
-    def load_dict(self, data: dict[str, Any]) -> None:
-        """Replace counters and buckets with ``data`` from :meth:`to_dict`."""
+    def load_dict(self, data: dict[str, Any]) -> int:
+        """Replace counters and buckets with ``data`` from :meth:`to_dict`.
+
+        A state saved by a version that let absurd values in (a cost of 1e308 summed to
+        ``inf`` and saved as ``null``, a token count past 2**63) must not stop every later
+        start: such a number is read as 0. Returns how many were, for the log.
+        """
+        data = dict(data)
+        repaired = _Repair()
+        data["sources"] = {
+            name: {
+                key: (value if key == "requests_by_type" else repaired.number(value))
+                for key, value in stored.items()
+            }
+            for name, stored in data.get("sources", {}).items()
+        }
+        for stored in data["sources"].values():
+            stored["requests_by_type"] = [
+                [tier, event_type, repaired.number(count)]
+                for tier, event_type, count in stored.get("requests_by_type", [])
+            ]
+        data["models"] = [
+            [source, tier, model, {key: repaired.number(v) for key, v in values.items()}]
+            for source, tier, model, values in data.get("models", [])
+        ]
+        data["buckets"] = {
+            kind: [
+                [
+                    start,
+                    {tier: repaired.number(v) for tier, v in cost.items()},
+                    {tier: repaired.number(v) for tier, v in requests.items()},
+                ]
+                for start, cost, requests in table
+            ]
+            for kind, table in data.get("buckets", {}).items()
+        }
+        self._load(data)
+        return repaired.count
+
+    def _load(self, data: dict[str, Any]) -> None:
         first = data.get("first_observation")
         self.first_observation = datetime.fromisoformat(first) if first else None
         self.sources = {}
@@ -534,3 +574,70 @@ class Engine:
             name: datetime.fromisoformat(at) for name, at in data.get("last_event_at", {}).items()
         }
         self.unpriced_models = dict(data.get("unpriced_models", {}))
+
+
+class PruneClock:
+    """The time to prune by: the wall clock, unless it just jumped ahead of the monotonic one.
+
+    Pruning drops buckets and rows older than their retention *by this time*. A wall clock
+    stepped 15 days ahead for a few seconds (a bad NTP answer, a VM restored, someone's
+    ``date -s``) would otherwise drop the minute and hour buckets of the real present for
+    good: ``this_hour`` and ``today`` at $0 after the clock comes back, the daily budget
+    understated. So the clock follows the wall clock while it moves with the monotonic one
+    (within ``TOLERANCE_SECONDS``) or steps back, and while the wall clock is further ahead
+    it answers the monotonic estimate instead, until the step has lasted
+    ``ADOPT_AFTER_SECONDS``: a step that stays is the real time (a clock set right at boot),
+    and the memory of old buckets stays bounded.
+    """
+
+    TOLERANCE_SECONDS = 300.0
+    ADOPT_AFTER_SECONDS = 3600.0
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._anchor_wall = wall()
+        self._anchor_monotonic = monotonic()
+        self._ahead_since: float | None = None
+
+    def now(self) -> datetime:
+        wall, steady_now = self._wall(), self._monotonic()
+        steady = self._anchor_wall + (steady_now - self._anchor_monotonic)
+        if wall > steady + self.TOLERANCE_SECONDS:
+            if self._ahead_since is None:
+                self._ahead_since = steady_now
+            if steady_now - self._ahead_since < self.ADOPT_AFTER_SECONDS:
+                return datetime.fromtimestamp(steady, UTC)
+        self._anchor_wall, self._anchor_monotonic = wall, steady_now
+        self._ahead_since = None
+        return datetime.fromtimestamp(wall, UTC)
+
+
+class _Repair:
+    """Reads saved numbers, counting the unusable ones (``null``, not finite, too large)."""
+
+    #: Larger than anything the wire's bounds let through in a lifetime of sums.
+    LIMIT = 1e15
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def number(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            if abs(value) <= 2**62:
+                return value
+        elif isinstance(value, float):
+            if math.isfinite(value) and abs(value) <= self.LIMIT:
+                return value
+            self.count += 1
+            return 0.0
+        elif value is not None:
+            return value
+        self.count += 1
+        return 0

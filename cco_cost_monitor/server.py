@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
+import io
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +36,7 @@ from cco_cost_monitor.api import make_app
 from cco_cost_monitor.budgets import AlertTracker, evaluate
 from cco_cost_monitor.client import RUNTIME_FILE
 from cco_cost_monitor.config import Settings, SourceSpec, load_settings
-from cco_cost_monitor.engine import BucketKind, Engine
+from cco_cost_monitor.engine import BucketKind, Engine, PruneClock
 from cco_cost_monitor.errors import ConfigError, StartupError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.pidlock import PidLock
@@ -90,6 +93,9 @@ class Service:
         self.flags = dict(flags or {})
         self.clock = clock
         self.started_at = clock()
+        # Uptime from the monotonic clock: a wall clock stepped back never makes it negative.
+        self.started_monotonic = time.monotonic()
+        self.prune_clock = PruneClock()
         self.prices = PriceTable.default().with_overrides(settings.prices)
         self.engine = Engine(zone=settings.zone, recent_capacity=settings.recent_events)
         self.reconcilers: dict[str, Reconciler] = {}
@@ -192,9 +198,11 @@ class Service:
             views=self.views(),
             now=self.clock(),
             started_at=self.started_at,
+            uptime_seconds=time.monotonic() - self.started_monotonic,
             snapshot_interval=self.settings.snapshot_interval_seconds,
             grace_seconds=self.settings.health_grace_seconds,
             store=self.store_status(),
+            store_problem=self.store.file_problem() if self.store is not None else None,
         )
         return document, 503 if document["status"] == "fail" else 200
 
@@ -231,7 +239,7 @@ class Service:
         while True:
             try:
                 self.evaluate_budgets()
-                self.engine.prune(self.clock())
+                self.engine.prune(self.prune_clock.now())
             except Exception as exc:
                 log.error("projections or budgets could not be evaluated", exc_info=exc)
             await anyio.sleep(max(1.0, min(self.settings.snapshot_interval_seconds, 5.0)))
@@ -482,6 +490,28 @@ def _extend_app(app: web.Application, service: Service) -> None:
     extensions.install(app, service)
 
 
+def _log_fatal_signals() -> None:
+    """Let a crash in C (SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL) say why in the log.
+
+    A signal like these cannot be survived: SQLite's shared-memory index (monitor.db-shm)
+    truncated under the daemon faults on the next access. Python's faulthandler writes
+    "Fatal Python error: Bus error" and every thread's stack to where the log goes
+    (monitor.log in the background, stderr and the journal in the foreground) before the
+    process dies by the same signal; the service manager restarts it and the next start
+    resumes from the database, exactly.
+    """
+    stream: Any = sys.stderr
+    for handler in logging.getLogger().handlers:
+        candidate = getattr(handler, "stream", None)
+        if candidate is not None and hasattr(candidate, "fileno"):
+            stream = candidate
+            break
+    try:
+        faulthandler.enable(file=stream, all_threads=True)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        log.warning("crash reports unavailable: the log has no file descriptor")
+
+
 def run_service(
     settings: Settings,
     *,
@@ -493,6 +523,7 @@ def run_service(
     # event loop thread to drop it again: at the default 5 ms that wait throttled ingestion
     # under flood (bench_ingest, four interleaved pairs: +2.5 to +16 % events per CPU s).
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    _log_fatal_signals()
     service = Service(settings, flags=flags)
 
     def ready() -> None:

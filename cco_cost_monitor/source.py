@@ -103,6 +103,8 @@ class ConnectionState:
     last_http_status: int | None = None
     auth_rejected: bool = False
     bad_frames: dict[str, int] = field(default_factory=dict)
+    # The latest bad frame's kind and detail ("invalid_value: activity.0.cost: ...").
+    last_bad_frame: str | None = None
     last_delay: float | None = None
     # When the source stopped being connected (None while connected): reconnect attempts
     # move between connecting and disconnected without resetting it.
@@ -243,6 +245,7 @@ class SseSource:
     def count_bad(self, kind: str, detail: str) -> None:
         """Count a bad frame; log the first of each kind (later ones only count)."""
         self.state.bad_frames[kind] = self.state.bad_frames.get(kind, 0) + 1
+        self.state.last_bad_frame = f"{kind}: {detail[:200]}"
         if kind not in self._logged_kinds:
             self._logged_kinds.add(kind)
             self.log.warning("bad frame skipped", kind=kind, detail=detail[:300])

@@ -46,8 +46,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import fcntl
+import math
 import operator
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -72,6 +76,7 @@ from cco_cost_monitor.engine import (
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.pricing import Tier
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, CostBasis, Unattributed
+from cco_cost_monitor.wire import MAX_COST_USD, MAX_COUNT, MAX_TOKENS
 
 if TYPE_CHECKING:
     from cco_cost_monitor.config import Settings
@@ -546,19 +551,53 @@ class Restored:
     last_batch: int
     component_states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def restore_engine(self, engine: Engine) -> None:
+    def restore_engine(self, engine: Engine) -> int:
         """Load counters, replay what was committed after them, and refill the recent ring.
 
-        Call on a fresh engine, before any new result is recorded.
+        Call on a fresh engine, before any new result is recorded. What an earlier version
+        saved outside the wire's bounds (``null`` or huge counters, events with a cost of
+        1e308 or 2**63 tokens) is left out rather than stopping the start; returns how many
+        values and events were, so that the caller can say so.
         """
+        repaired = 0
         if self.engine is not None:
-            engine.load_dict(self.engine)
+            repaired += engine.load_dict(self.engine)
         replayed = {(event.source, event.key) for acc in self.engine_replay for event in acc.events}
-        engine.restore_events(
-            event for event in self.events if (event.source, event.key) not in replayed
-        )
+        recent = [event for event in self.events if (event.source, event.key) not in replayed]
+        sane_recent = [event for event in recent if _sane(event)]
+        repaired += len(recent) - len(sane_recent)
+        engine.restore_events(sane_recent)
         for accounting in self.engine_replay:
-            engine.record(accounting)
+            events = tuple(event for event in accounting.events if _sane(event))
+            repaired += len(accounting.events) - len(events)
+            remainder = accounting.unattributed
+            if remainder is not None and not (
+                _bounded(remainder.cost_usd, MAX_COST_USD)
+                and _bounded(remainder.requests, MAX_COUNT)
+            ):
+                remainder = None
+                repaired += 1
+            engine.record(dataclasses.replace(accounting, events=events, unattributed=remainder))
+        return repaired
+
+
+def _bounded(value: float | None, limit: float) -> bool:
+    return value is None or (math.isfinite(value) and abs(value) <= limit)
+
+
+def _sane(event: AccountedEvent) -> bool:
+    """Whether a stored event is inside the bounds the wire enforces today."""
+    return (
+        _bounded(event.cost_usd, MAX_COST_USD)
+        and _bounded(event.recorded_cost_usd, MAX_COST_USD)
+        and _bounded(event.calculated_cost_usd, MAX_COST_USD)
+        and _bounded(event.requests, MAX_COUNT)
+        and _bounded(event.cache_hits, MAX_COUNT)
+        and _bounded(event.latency_ms, MAX_COUNT)
+        and _bounded(event.tokens, MAX_TOKENS)
+        and _bounded(event.input_tokens, MAX_TOKENS)
+        and _bounded(event.output_tokens, MAX_TOKENS)
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -898,6 +937,143 @@ class _Aggregates:
             _insert_rows(conn, head, _AGGREGATE_ARITY, params, most, _AGGREGATE_UPSERT)
 
 
+# -- the single writer -----------------------------------------------------------------
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<database>.lock``, held by the daemon that writes it.
+
+    Two daemons on one database store every unattributed row twice, and the PID lock
+    cannot prevent it alone: it lives on ``daemon.pid``, which can be deleted (or another
+    state dir can name the same database). This lock belongs to the database: whoever
+    opens it to write through :meth:`Store.open` with ``exclusive=True`` takes it first,
+    without waiting, and keeps it until :meth:`Store.close`; the kernel drops it when the
+    process dies in any way. ``db prune`` does not take it: its one transaction is safe
+    next to a running daemon under SQLite's own locks, and it counts nothing.
+    """
+
+    SUFFIX = ".lock"
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self.identity = _identity(os.fstat(fd))
+
+    @classmethod
+    def acquire(cls, database: Path) -> WriterLock:
+        """Take the lock of ``database`` or raise :class:`StoreError` naming the holder."""
+        path = database.with_name(database.name + cls.SUFFIX)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the writer lock {path} of database {database}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise StoreError(
+                f"database {database} is already being written by {who} (it holds "
+                f"{path.name}); a second writer would store rows twice. Stop that one first "
+                "(if its daemon.pid was deleted, `kill` the pid), or use another state dir"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+#: The ``meta`` key of the database's random id, also written to ``<database>.id``.
+DATABASE_ID_KEY = "database_id"
+MARKER_SUFFIX = ".id"
+RESCUED_SUFFIX = ".rescued"
+
+
+def _marker_path(database: Path) -> Path:
+    return database.with_name(database.name + MARKER_SUFFIX)
+
+
+def _write_marker(path: Path, database_id: str) -> None:
+    """``<database>.id``: this state dir has held that database (atomic, 0600, no symlink)."""
+    try:
+        if path.read_text(encoding="ascii").strip() == database_id:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    temporary = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        os.write(fd, f"{database_id}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def _refuse_lost_history(database: Path) -> None:
+    """Refuse to create an empty database where the marker says one with history was.
+
+    The marker ``<database>.id`` is written once a database is open; it outlives a
+    ``monitor.db`` deleted (or emptied) under a running or stopped daemon. Starting over
+    then must be a decision: remove the marker too.
+    """
+    marker = _marker_path(database)
+    if not marker.is_file():
+        return
+    wal = database.with_name(database.name + "-wal")
+    try:
+        size = database.stat().st_size
+    except FileNotFoundError:
+        size = None
+    try:
+        wal_size = wal.stat().st_size
+    except FileNotFoundError:
+        wal_size = 0
+    if size is None:
+        what = "is missing"
+    elif size == 0 and wal_size == 0:
+        what = "is empty"
+    else:
+        return
+    raise StoreError(
+        f"database {database} {what}, but this state dir has held one ({marker.name} says "
+        "so): refusing to start from zero silently. Put the database back (a backup, or a "
+        f"{database.name}{RESCUED_SUFFIX}-* copy the daemon saved), or, to start over on "
+        f"purpose, remove {marker} and start again"
+    )
+
+
+def finish_rescue(database: Path, copy: Path) -> bool:
+    """Move a rescued copy to ``database`` if that name is free (after the store closed)."""
+    if database.exists():
+        return False
+    for suffix in ("-wal", "-shm"):
+        # The deleted file's WAL and index, if the closing connection left them.
+        with contextlib.suppress(FileNotFoundError):
+            database.with_name(database.name + suffix).unlink()
+    os.replace(copy, database)
+    return True
+
+
 # -- the store -------------------------------------------------------------------------
 
 
@@ -925,6 +1101,10 @@ class Store:
         self._clock = clock
         self._lock = threading.RLock()
         self._closed = False
+        #: Held by the daemon's store for its whole life (``open(exclusive=True)``).
+        self.writer_lock: WriterLock | None = None
+        #: (device, inode) of ``path`` when the daemon's store opened it.
+        self.file_identity: tuple[int, int] | None = None
         self._last_batch = 0
         variable_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._event_rows_per_insert = _rows_per_insert(variable_limit, _EVENT_ARITY)
@@ -944,6 +1124,7 @@ class Store:
         retention: Retention | None = None,
         busy_timeout: float = 5.0,
         synchronous: Synchronous = "NORMAL",
+        exclusive: bool = False,
     ) -> Store:
         """Open (creating and migrating when writable) the database at ``path``.
 
@@ -953,14 +1134,30 @@ class Store:
         block the writer), never creates or migrates anything.
         """
         target = Path(path).expanduser().absolute()
-        conn = (
-            cls._connect_readonly(target, busy_timeout)
-            if readonly
-            else cls._connect(target, busy_timeout)
-        )
+        writer_lock = None
+        if exclusive and not readonly:
+            writer_lock = WriterLock.acquire(target)
+        if not readonly:
+            # Every writer, `db prune` too: none may create an empty database in its place.
+            try:
+                _refuse_lost_history(target)
+            except BaseException:
+                if writer_lock is not None:
+                    writer_lock.release()
+                raise
+        try:
+            conn = (
+                cls._connect_readonly(target, busy_timeout)
+                if readonly
+                else cls._connect(target, busy_timeout)
+            )
+        except BaseException:
+            if writer_lock is not None:
+                writer_lock.release()
+            raise
         try:
             cls._prepare(conn, target, readonly=readonly, synchronous=synchronous)
-            return cls(
+            store = cls(
                 conn,
                 target,
                 readonly=readonly,
@@ -969,10 +1166,99 @@ class Store:
             )
         except sqlite3.Error as exc:
             conn.close()
+            if writer_lock is not None:
+                writer_lock.release()
             raise _classify(target, exc, "opening it") from exc
         except BaseException:
             conn.close()
+            if writer_lock is not None:
+                writer_lock.release()
             raise
+        store.writer_lock = writer_lock
+        if writer_lock is not None:
+            try:
+                store._adopt(target)
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    def _adopt(self, target: Path) -> None:
+        """Give the database an id, record it beside it, and note which file we write."""
+        try:
+            database_id = self.meta().get(DATABASE_ID_KEY)
+            if database_id is None:
+                database_id = secrets.token_hex(16)
+                self.set_meta(DATABASE_ID_KEY, database_id)
+            _write_marker(_marker_path(target), database_id)
+            self.file_identity = _identity(os.stat(target))
+        except OSError as exc:
+            raise StoreError(f"cannot record the identity of {target}: {exc}") from exc
+
+    def file_problem(self) -> str | None:
+        """Why the file this store writes is no longer ``monitor.db`` (None while it is).
+
+        Deleted or replaced under a running daemon (``rm``, a restore by copy), the open
+        connection keeps writing a file nobody will read again; /health fails with this.
+        """
+        if self.file_identity is None:
+            return None
+        name = self.path.name
+        try:
+            current = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            return (
+                f"{name} was deleted while the daemon runs: counts go on into the deleted "
+                "file, which a clean stop saves back in its place"
+            )
+        except OSError as exc:
+            return f"{name} cannot be checked: {exc.strerror or exc}"
+        if current != self.file_identity:
+            return (
+                f"{name} was replaced by another file while the daemon runs: counts go on "
+                f"into the old one, which a clean stop saves as {name}{RESCUED_SUFFIX}-<time>"
+            )
+        lock = self.writer_lock
+        if lock is not None:
+            try:
+                held = _identity(os.stat(lock.path)) == lock.identity
+            except OSError:
+                held = False
+            if not held:
+                return (
+                    f"{lock.path.name} was deleted or replaced while the daemon runs: "
+                    "a second daemon could now start on this database"
+                )
+        return None
+
+    def rescue(self) -> Path | None:
+        """Save the database this connection holds when its file was deleted or replaced.
+
+        Copies it (SQLite's online backup) to ``monitor.db.rescued-<time>``, which
+        :func:`finish_rescue` moves into place after :meth:`close` when the name is free.
+        Returns the copy's path, or None when nothing needed saving.
+        """
+        if self.file_identity is None or self.readonly:
+            return None
+        try:
+            current: tuple[int, int] | None = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            current = None
+        if current == self.file_identity:
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        copy = self.path.with_name(f"{self.path.name}{RESCUED_SUFFIX}-{stamp}")
+        with self._lock:
+            try:
+                destination = sqlite3.connect(copy)
+                try:
+                    self._conn.backup(destination)
+                finally:
+                    destination.close()
+                os.chmod(copy, 0o600)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"could not save the deleted database to {copy}: {exc}") from exc
+        return copy
 
     @staticmethod
     def migration_pending(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -996,13 +1282,16 @@ class Store:
         return version, rows
 
     @classmethod
-    def open_settings(cls, settings: Settings, *, readonly: bool = False) -> Store:
+    def open_settings(
+        cls, settings: Settings, *, readonly: bool = False, exclusive: bool = False
+    ) -> Store:
         """:meth:`open` ``settings.db_path`` with the configured zone and retention."""
         return cls.open(
             settings.db_path,
             readonly=readonly,
             zone=settings.zone,
             retention=Retention.from_settings(settings),
+            exclusive=exclusive,
         )
 
     @staticmethod
@@ -1115,6 +1404,8 @@ class Store:
                 pass
             finally:
                 self._conn.close()
+                if self.writer_lock is not None:
+                    self.writer_lock.release()
 
     def __enter__(self) -> Store:
         return self

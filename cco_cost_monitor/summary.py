@@ -119,8 +119,13 @@ def build_health(
     snapshot_interval: float,
     grace_seconds: float,
     store: Mapping[str, Any] | None = None,
+    store_problem: str | None = None,
+    uptime_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """The ``application/health+json`` document."""
+    """The ``application/health+json`` document.
+
+    ``store_problem`` (the database file deleted or replaced under the daemon) fails it.
+    """
     checks: dict[str, list[dict[str, Any]]] = {}
     statuses: list[HealthStatus] = []
     sources = []
@@ -150,6 +155,7 @@ def build_health(
                 "frames": connection.frames,
                 "reconnects": connection.reconnects,
                 "bad_frames": dict(connection.bad_frames),
+                "last_bad_frame": connection.last_bad_frame,
                 "proxy_restarts": view.reconciler.state.proxy_restarts,
                 "gaps": view.reconciler.state.gaps,
             }
@@ -166,6 +172,11 @@ def build_health(
             }
         ]
     status = health_status(statuses, disk_lag)
+    if store_problem is not None:
+        status = "fail"
+        checks["store:file"] = [
+            {"componentType": "datastore", "status": "fail", "output": store_problem}
+        ]
     last_events = list(engine.last_event_at.values())
     last_snapshots = [
         view.connection.last_snapshot_at for view in views if view.connection.last_snapshot_at
@@ -173,7 +184,9 @@ def build_health(
     return {
         "status": status,
         "version": __version__,
-        "uptime_seconds": round((now - started_at).total_seconds(), 3),
+        "uptime_seconds": round(
+            (now - started_at).total_seconds() if uptime_seconds is None else uptime_seconds, 3
+        ),
         "connection_status": _connection_status(views),
         "events_processed": engine.events_processed(),
         "snapshots_processed": sum(view.connection.snapshots for view in views),

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from cco_cost_monitor.errors import WireError
 
@@ -39,11 +39,33 @@ __all__ = [
     "parse_timestamp",
 ]
 
-# Integers are accepted where floats are expected (JSON writes 0 for 0.0 in some encoders),
-# but never strings or booleans.
-Number = StrictFloat | StrictInt
-# The proxy's counters are u64; we keep them in SQLite's signed 64-bit integers.
-Count = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+#: The largest cost in USD a frame may carry, of one event or a proxy's whole history: a
+#: billion dollars is absurd for either, and sums of values this size stay finite. A value
+#: outside [-MAX_COST_USD, MAX_COST_USD] (1e308, NaN) refuses its frame as ``invalid_value``
+#: instead of poisoning the totals, the saved state and every later start. (A literal too
+#: large for a double, 1e400, is already ``invalid_json``.)
+MAX_COST_USD = 1e9
+#: The largest count a frame may carry (calls, requests, uptime in seconds, latency in ms):
+#: 10**12, so that even millions of sums of maxima stay inside SQLite's and JSON's 64-bit
+#: integers (2**63 - 1 is 9.2 million times larger) and exact in a double (2**53).
+MAX_COUNT = 10**12
+#: The most tokens one request may carry: no model reads or writes a billion.
+MAX_TOKENS = 10**9
+
+# Integers are accepted where floats are expected (JSON writes 0 for 0.0 in some encoders)
+# and read as floats, but never strings or booleans. A strict ``float`` checks its bounds
+# inside pydantic-core: as fast as the unbounded ``StrictFloat | StrictInt`` it replaces
+# (26.6 vs 26.9 us per 20-event snapshot, best of 4), where the same bounds on that union
+# cost 40 % more (31 vs 22 us).
+Number = Annotated[
+    float, Field(strict=True, ge=-MAX_COST_USD, le=MAX_COST_USD, allow_inf_nan=False)
+]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
+Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+#: Pydantic's error types for a value of the right type outside its bounds.
+_BOUND_ERRORS = frozenset(
+    {"less_than_equal", "greater_than_equal", "finite_number", "less_than", "greater_than"}
+)
 
 
 class _Lenient(BaseModel):
@@ -57,7 +79,7 @@ class ActivityEvent(_Lenient):
     event_type: str
     agent_name: str | None = None
     model: str | None = None
-    tokens: Count | None = None
+    tokens: Tokens | None = None
     latency_ms: Count | None = None
     status: str | None = None
     cost: Number | None = None
@@ -133,8 +155,8 @@ class GatewayTextDelta(_Lenient):
 class GatewayCompleted(_Lenient):
     type: Literal["completed"]
     request_id: str
-    input_tokens: Count = 0
-    output_tokens: Count = 0
+    input_tokens: Tokens = 0
+    output_tokens: Tokens = 0
     cost_usd: Number | None = None
 
 
@@ -183,9 +205,13 @@ def _load_object(data: str) -> dict[str, object]:
 
 
 def _shape_error(exc: ValidationError) -> WireError:
-    first = exc.errors()[0]
+    errors = exc.errors()
+    first = errors[0]
     where = ".".join(str(part) for part in first["loc"])
-    return WireError("invalid_shape", f"{where}: {first['msg']}")
+    # A number of the right type but absurd (see MAX_COST_USD) is its own kind: a broken
+    # or hostile proxy, not a format we do not know.
+    kind = "invalid_value" if all(e["type"] in _BOUND_ERRORS for e in errors) else "invalid_shape"
+    return WireError(kind, f"{where}: {first['msg']}")
 
 
 def parse_frame(event: str, data: str) -> Frame:

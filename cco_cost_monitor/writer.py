@@ -143,6 +143,7 @@ class StoreWriter:
         retry_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = _utc_now,
+        prune_now: Callable[[], datetime] | None = None,
     ) -> None:
         if max_pending < max_batch:
             raise ValueError("max_pending must be >= max_batch")
@@ -158,6 +159,9 @@ class StoreWriter:
         self.retry_max = retry_max
         self._clock = clock
         self._now = now
+        # The time rows are pruned by: the service's PruneClock, so that a wall clock
+        # stepped ahead for a moment does not delete days of history.
+        self._prune_now = prune_now or now
 
         self._pending = _Pending()
         self._inflight: _Pending | None = None
@@ -468,7 +472,7 @@ class StoreWriter:
         async with self._lock():
             with anyio.CancelScope(shield=True):
                 try:
-                    result = await anyio.to_thread.run_sync(self.store.prune, self._now())
+                    result = await anyio.to_thread.run_sync(self.store.prune, self._prune_now())
                 except Exception as exc:
                     self.prune_failures += 1
                     log.error("pruning old rows failed", error=str(exc)[:500])

@@ -180,7 +180,36 @@ def test_gateway_stream_parses_every_kind() -> None:
             "analytics",
             '{"activity": [{"timestamp": "t", "event_type": "api_call", '
             '"tokens": 9223372036854775808}]}',
-            "invalid_shape",
+            "invalid_value",
+        ),
+        # Valid JSON, absurd values (issue 14): refused at the edge, never summed
+        (
+            "analytics",
+            '{"activity": [{"timestamp": "t", "event_type": "api_call", "cost": 1e308}]}',
+            "invalid_value",
+        ),
+        ("analytics", '{"project": {"cost": -1e10}}', "invalid_value"),
+        ("analytics", '{"project": {"calls": 1000000000001}}', "invalid_value"),
+        (
+            "analytics",
+            '{"project": {}, "machine": {"uptime": 9223372036854775807}}',
+            "invalid_value",
+        ),
+        (
+            "analytics",
+            '{"activity": [{"timestamp": "t", "event_type": "api_call", "tokens": 1000000001}]}',
+            "invalid_value",
+        ),
+        (
+            "stream_event",
+            '{"type": "completed", "request_id": "r", "cost_usd": 1e300}',
+            "invalid_value",
+        ),
+        ("analytics", '{"totals": {"requests": 1, "actual_cost": 2e9}}', "invalid_value"),
+        (
+            "analytics",
+            '{"activity": [{"timestamp": "t", "event_type": "x", "cost": 1e400}]}',
+            "invalid_json",
         ),
     ],
 )
