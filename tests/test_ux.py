@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from cco_cost_monitor.config import load_settings
+from cco_cost_monitor.projections import HORIZONS
+from cco_cost_monitor.server import Service
 from cco_cost_monitor.store import AlertRecord, Batch, Store
-from tests.conftest import Monitor
+from tests.builders import accounted_event
+from tests.conftest import Monitor, Simulator, wait_until
 
 
 def test_alert_history_is_newest_first_after_a_restart(
@@ -34,3 +42,64 @@ def test_alert_history_is_newest_first_after_a_restart(
     assert [alert["threshold"] for alert in alerts] == [0.9, 0.75, 0.5]
     newest = monitor.get("/api/alerts?limit=2")["alerts"]
     assert [alert["threshold"] for alert in newest] == [0.9, 0.75]
+
+
+# -- one moment per document (bug 3) -------------------------------------------------------
+
+
+def _service(tmp_path: Path, now: datetime, **budgets: float) -> Service:
+    flags: dict[str, Any] = {"state_dir": str(tmp_path / "s"), "timezone": "UTC"}
+    if budgets:
+        flags["budgets"] = budgets
+    return Service(load_settings(flags).settings, flags=flags, clock=lambda: now)
+
+
+def test_summary_figures_come_from_one_moment(tmp_path: Path) -> None:
+    """Spend recorded after the last evaluation shows in periods, budgets and projections alike."""
+    now = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
+    service = _service(tmp_path, now, daily_usd=10.0)
+    service.engine.record_event(accounted_event(key="a", occurred_at=now, cost=0.4), now)
+    service.evaluate_budgets()
+    service.engine.record_event(accounted_event(key="b", occurred_at=now, cost=0.5), now)
+    document = service.summary()
+    today = document["periods"]["today"]["cost_usd"]
+    assert today == pytest.approx(0.9)
+    assert document["budgets"][0]["spent_usd"] == pytest.approx(today, abs=1e-12)
+    for horizon, period in HORIZONS.items():
+        projection = document["projections"][horizon]
+        spent = document["periods"][period]["cost_usd"]
+        assert projection["spent_usd"] == pytest.approx(spent, abs=1e-12)
+        assert projection["low_usd"] >= spent - 1e-12
+        assert projection["cost_usd"] >= spent - 1e-12
+
+
+def test_reading_the_summary_fires_no_alert(tmp_path: Path) -> None:
+    """Only the evaluation loop fires alerts; a request before its first round fires none."""
+    now = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
+    service = _service(tmp_path, now, daily_usd=1.0)
+    service.engine.record_event(accounted_event(key="a", occurred_at=now, cost=2.0), now)
+    document = service.summary()
+    assert document["budgets"][0]["state"] == "exceeded"
+    assert service.dispatcher.history() == []
+    service.evaluate_budgets()
+    assert [alert.threshold for alert in service.dispatcher.history()] == [1.0]
+
+
+def test_a_busy_daemon_never_projects_below_what_is_spent(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor]
+) -> None:
+    """Under steady traffic every /api/summary agrees with itself."""
+    sim = make_simulator("--interval", "0.1", "--rate", "40", "--seed", "18")
+    monitor = make_monitor([sim.stream_url], CCO_MONITOR_BUDGETS__DAILY_USD="1000")
+    wait_until(lambda: monitor.summary()["totals"]["requests"] > 20)
+    for _ in range(25):
+        document = monitor.summary()
+        periods = document["periods"]
+        assert document["budgets"][0]["spent_usd"] == pytest.approx(
+            periods["today"]["cost_usd"], abs=1e-9
+        )
+        for horizon, period in HORIZONS.items():
+            projection = document["projections"][horizon]
+            assert projection["cost_usd"] >= periods[period]["cost_usd"] - 1e-9, horizon
+            assert projection["low_usd"] >= periods[period]["cost_usd"] - 1e-9, horizon
+        time.sleep(0.08)
