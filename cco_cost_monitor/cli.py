@@ -103,15 +103,30 @@ def flags_from(options: dict[str, Any]) -> dict[str, Any]:
     return flags
 
 
-def _load(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from cco_cost_monitor.config import load_settings  # noqa: PLC0415
+def _load(options: dict[str, Any], *, lenient: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The settings, or exit 1 naming the offending key.
+
+    ``lenient`` is for the commands that need only the state dir and the daemon's address
+    (stop, status, watch, report): a broken configuration is reported as a warning and they
+    go on with those keys, so that a daemon started before the file broke can still be seen
+    and stopped.
+    """
+    from cco_cost_monitor.config import load_client_settings, load_settings  # noqa: PLC0415
 
     flags = flags_from(options)
     try:
-        loaded = load_settings(flags)
+        if not lenient:
+            return load_settings(flags), flags
+        loaded, problem = load_client_settings(flags)
     except ConfigError as exc:
         click.echo(f"cco-monitor: {exc}", err=True)
         sys.exit(EXIT_FAILURE)
+    if problem is not None:
+        click.echo(
+            f"cco-monitor: warning: {problem}; going on with the state dir "
+            f"({loaded.settings.state_dir}) and the daemon's address only",
+            err=True,
+        )
     return loaded, flags
 
 
@@ -255,7 +270,7 @@ def stop(timeout: float, **options: Any) -> None:
     """Stop the background monitor (SIGTERM, then SIGKILL after --timeout)."""
     from cco_cost_monitor import daemon  # noqa: PLC0415
 
-    loaded, _ = _load(options)
+    loaded, _ = _load(options, lenient=True)
     outcome = daemon.stop(loaded.settings.pid_path, timeout=timeout)
     click.echo(outcome.message)
     sys.exit(outcome.exit_code)
@@ -266,9 +281,24 @@ def stop(timeout: float, **options: Any) -> None:
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @click.pass_context
 def restart(ctx: click.Context, /, timeout: float, **options: Any) -> None:
-    """Stop, then start in the background."""
-    from cco_cost_monitor import daemon  # noqa: PLC0415
+    """Stop, then start in the background.
 
+    The configuration is checked first: when it is invalid nothing is stopped (the new
+    daemon could not start), the problem is printed and the exit status is 1.
+    """
+    from cco_cost_monitor import daemon  # noqa: PLC0415
+    from cco_cost_monitor.config import load_settings  # noqa: PLC0415
+
+    try:
+        load_settings(flags_from(options))
+    except ConfigError as exc:
+        click.echo(f"cco-monitor: {exc}", err=True)
+        click.echo(
+            "cco-monitor: not restarting: a new daemon could not start with this "
+            "configuration; the running one (if any) was left running",
+            err=True,
+        )
+        sys.exit(EXIT_FAILURE)
     loaded, _ = _load(options)
     outcome = daemon.stop(loaded.settings.pid_path, timeout=timeout)
     click.echo(outcome.message)

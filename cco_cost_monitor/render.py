@@ -36,6 +36,7 @@ __all__ = [
     "sparkline",
     "status_view",
     "tiers_table",
+    "watch_document",
     "watch_view",
 ]
 
@@ -509,3 +510,21 @@ def watch_view(frame: WatchFrame, events: int = 12) -> Layout:
         Layout(budgets_table(summary, 8, compact=True), name="budgets", ratio=11),
     )
     return layout
+
+
+def watch_document(frame: WatchFrame, events: int = 20) -> Group:
+    """``watch --once`` when stdout is not a terminal: every part, one after the other.
+
+    A file or a pipe has no height to fit, so nothing is cropped (the full-screen layout
+    of :func:`watch_view` cuts a 25-line default console after the budgets).
+    """
+    summary = frame.summary or {}
+    return Group(
+        watch_header(frame),
+        cost_sparkline(frame),
+        periods_table(summary),
+        tiers_table(summary, compact=True),
+        projections_table(summary),
+        budgets_table(summary, 8, compact=True),
+        events_table(frame.events, events),
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +17,7 @@ from cco_cost_monitor.projections import HORIZONS
 from cco_cost_monitor.server import Service
 from cco_cost_monitor.store import AlertRecord, Batch, Store
 from tests.builders import accounted_event
-from tests.conftest import Monitor, Simulator, wait_until
+from tests.conftest import Monitor, Simulator, run_cli, wait_until
 
 
 def test_alert_history_is_newest_first_after_a_restart(
@@ -103,3 +105,85 @@ def test_a_busy_daemon_never_projects_below_what_is_spent(
             assert projection["cost_usd"] >= periods[period]["cost_usd"] - 1e-9, horizon
             assert projection["low_usd"] >= periods[period]["cost_usd"] - 1e-9, horizon
         time.sleep(0.08)
+
+
+# -- a broken config.toml (bug 2) -------------------------------------------------------------
+
+
+def test_a_broken_config_does_not_lock_the_user_out(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """status, watch, report and stop warn and work; restart refuses and stops nothing."""
+    sim = make_simulator("--interval", "0.1", "--rate", "5", "--seed", "21")
+    state = tmp_path / "state"
+    monitor = make_monitor([sim.stream_url], state_dir=state)
+    wait_until(lambda: monitor.summary()["totals"]["requests"] > 0)
+    (state / "config.toml").write_text(f"health_port = {monitor.port}\n[budgets]\ndaily_usd = -5\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CCO_MONITOR")}
+    where = ("--state-dir", str(state))
+
+    status = run_cli("status", "--json", *where, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "budgets.daily_usd" in status.stderr
+    assert "warning" in status.stderr
+    assert json.loads(status.stdout)["summary"]["totals"]["requests"] > 0
+
+    watch = run_cli("watch", "--once", *where, env=env)
+    assert watch.returncode == 0, watch.stderr
+    assert "Recent events" in watch.stdout
+
+    report = run_cli("report", "--format", "json", *where, env=env)
+    assert report.returncode == 0, report.stderr
+
+    restart = run_cli("restart", *where, env=env)
+    assert restart.returncode == 1
+    assert "budgets.daily_usd" in restart.stderr
+    assert "not restarting" in restart.stderr
+    assert monitor.proc is not None
+    assert monitor.proc.popen.poll() is None
+
+    stop = run_cli("stop", *where, env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert "budgets.daily_usd" in stop.stderr
+    assert monitor.proc.wait(10) == 0
+
+
+def test_a_config_file_that_is_not_toml_still_lets_status_answer(tmp_path: Path) -> None:
+    """Not even TOML: status says so, then reports "not running" (3) instead of failing (1)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "config.toml").write_text("[budgets\ndaily_usd = 5\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CCO_MONITOR")}
+    status = run_cli("status", "--state-dir", str(state), env=env)
+    assert status.returncode == 3, status.stderr
+    assert "invalid TOML" in status.stderr
+    start = run_cli("start", "--state-dir", str(state), env=env)
+    assert start.returncode == 1
+    assert "invalid TOML" in start.stderr
+
+
+# -- output to a pipe (bug 4, status width) -----------------------------------------------------
+
+
+def test_watch_once_and_status_print_everything_into_a_pipe(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """Not a terminal: watch --once shows every section, status cuts no cell at 80 columns."""
+    sim = make_simulator("--interval", "0.1", "--rate", "20", "--seed", "22")
+    state = tmp_path / "state"
+    monitor = make_monitor(
+        [f"a-source-with-a-rather-long-name={sim.stream_url}"],
+        state_dir=state,
+        CCO_MONITOR_BUDGETS__DAILY_USD="1000",
+    )
+    wait_until(lambda: len(monitor.get("/api/events?limit=5")["events"]) >= 5)
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    watch = run_cli("watch", "--once", "--state-dir", str(state), env=env)
+    assert watch.returncode == 0, watch.stderr
+    for section in ("Spend", "By tier", "end of month", "Budgets", "Recent events"):
+        assert section in watch.stdout, section
+    assert watch.stdout.count(":") > 10  # event times, hh:mm:ss
+    status = run_cli("status", "--state-dir", str(state), env=env)
+    assert status.returncode == 0, status.stderr
+    assert "…" not in status.stdout
+    assert "a-source-with-a-rather-long-name" in status.stdout
