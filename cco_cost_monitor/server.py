@@ -92,6 +92,7 @@ class Service:
         self.started_at = clock()
         self.prices = PriceTable.default().with_overrides(settings.prices)
         self.engine = Engine(zone=settings.zone, recent_capacity=settings.recent_events)
+        self.engine.prices = self.prices
         self.reconcilers: dict[str, Reconciler] = {}
         self.sources: dict[str, SseSource] = {}
         self.writer: StoreWriter | None = None
@@ -294,6 +295,7 @@ class Service:
             return False
         self.settings = merged
         self.prices = PriceTable.default().with_overrides(self.settings.prices)
+        self.engine.prices = self.prices
         for reconciler in self.reconcilers.values():
             reconciler.prices = self.prices
         if old.alerts != self.settings.alerts:

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
+import tomllib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
-from cco_cost_monitor.config import load_settings
+from cco_cost_monitor.alerts import AlertDispatcher
+from cco_cost_monitor.budgets import Alert
+from cco_cost_monitor.config import AlertSettings, load_settings
+from cco_cost_monitor.engine import Engine
+from cco_cost_monitor.pricing import PriceTable
 from cco_cost_monitor.projections import HORIZONS
 from cco_cost_monitor.server import Service
 from cco_cost_monitor.store import AlertRecord, Batch, Store
@@ -187,3 +198,183 @@ def test_watch_once_and_status_print_everything_into_a_pipe(
     assert status.returncode == 0, status.stderr
     assert "…" not in status.stdout
     assert "a-source-with-a-rather-long-name" in status.stdout
+
+
+# -- the README's alert command (bug 5) --------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_command() -> str:
+    """The ``command = ...`` line of the README's budgets example, parsed as TOML."""
+    line = next(line for line in README.read_text().splitlines() if line.startswith("command = "))
+    command: str = tomllib.loads(line)["command"]
+    return command
+
+
+def test_the_readmes_notify_send_command_really_notifies(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """The README's command, run by the daemon, hands notify-send a title and the message."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    received = tmp_path / "notify-send.args"
+    fake = bin_dir / "notify-send"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {received}\n")
+    fake.chmod(0o755)
+    sim = make_simulator("--interval", "0.1", "--rate", "30", "--seed", "23")
+    monitor = make_monitor(
+        [sim.stream_url],
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        CCO_MONITOR_BUDGETS__DAILY_USD="0.05",
+        CCO_MONITOR_ALERTS__COMMAND=_readme_command(),
+    )
+    args = wait_until(lambda: received.exists() and received.read_text(), timeout=30)
+    title, message = args.splitlines()[:2]
+    assert title == "cco-monitor"
+    assert "daily budget" in message
+    # The README's other claim: budget states (and an alert count) are in /metrics.
+    text = httpx.get(f"{monitor.url}/metrics", timeout=5).text
+    states = _metric_values(text, "cco_budget_state")
+    daily = {labels: value for labels, value in states.items() if ("period", "daily") in labels}
+    assert daily == {
+        (("period", "daily"), ("state", name), ("tier", "all")): float(name == "exceeded")
+        for name in ("ok", "warning", "exceeded", "projected_to_exceed")
+    }
+    assert _metric_values(text, "cco_alerts_total")[(("kind", "threshold"),)] >= 1
+
+
+async def test_a_failing_alert_command_is_named_in_the_log(tmp_path: Path) -> None:
+    """alert_command_failed says which program failed and why, never its arguments."""
+    settings = AlertSettings(command="no-such-notifier-18 --token s3cret")
+    dispatcher = AlertDispatcher(settings)
+    alert = Alert("threshold", "daily", None, 0.5, "half", datetime.now(UTC))
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as group:
+            group.start_soon(dispatcher.run)
+            dispatcher.submit(alert)
+            with anyio.fail_after(20):
+                await dispatcher.drain()
+            group.cancel_scope.cancel()
+    failed = next(entry for entry in logs if entry["event"] == "alert_command_failed")
+    assert failed["command"] == "no-such-notifier-18"
+    assert failed["reason"] == "cannot start: No such file or directory"
+    assert "s3cret" not in str(logs)
+
+
+# -- cache savings, last 5 minutes, events per second ----------------------------------------
+
+
+def test_cache_savings_price_each_cache_hit_by_its_model_and_tokens() -> None:
+    """A cache hit saves what its model and tokens would have cost; other events save nothing."""
+    now = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
+    engine = Engine(zone=UTC)
+    engine.prices = PriceTable.default()
+    hit = accounted_event(
+        key="h",
+        occurred_at=now,
+        cost=0.0,
+        event_type="cache_hit",
+        cache_hits=1,
+        tokens=30_000,
+        model="claude-opus-4-1",
+        tier="opus",
+    )
+    failed_hit = accounted_event(
+        key="f", occurred_at=now, cost=0.0, event_type="cache_hit", cache_hits=1, tokens=0
+    )
+    call = accounted_event(key="c", occurred_at=now, cost=0.25, tokens=30_000)
+    for event in (hit, failed_hit, call):
+        engine.record_event(event, now)
+    expected = PriceTable.default().combined_usd("claude-opus-4-1", 30_000)
+    assert expected is not None
+    assert expected > 0.5  # opus list prices: well above the 30k-token call's $0.25
+    assert engine.cache_savings() == pytest.approx(expected)
+    restored = Engine(zone=UTC)
+    restored.load_dict(engine.to_dict())
+    assert restored.cache_savings() == pytest.approx(expected)
+
+
+def test_last_5m_and_events_per_second() -> None:
+    """Five minutes of spend with the oldest minute pro-rated; events by second of arrival."""
+    start = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    engine = Engine(zone=UTC)
+    for second in range(0, 600, 2):  # one event every 2 s for 10 minutes
+        moment = start + timedelta(seconds=second)
+        engine.record_event(accounted_event(key=str(second), occurred_at=moment, cost=0.01), moment)
+    now = start + timedelta(seconds=600)
+    assert engine.window_cost(now, 300) == pytest.approx(150 * 0.01)
+    assert engine.window_requests(now, 300) == 150
+    assert engine.events_per_second(now, 60) == pytest.approx(30 / 60)
+    assert engine.events_per_second(now, 300) == pytest.approx(150 / 300)
+    later = now + timedelta(seconds=30)  # idle for 30 s
+    assert engine.events_per_second(later, 60) == pytest.approx(15 / 60)
+    # Right after the first event the denominator is half the window, not 1 s.
+    fresh = Engine(zone=UTC)
+    fresh.record_event(accounted_event(key="x", occurred_at=start, cost=0.01), start)
+    assert fresh.events_per_second(start + timedelta(seconds=1), 60) == pytest.approx(1 / 30)
+
+
+def _metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def test_new_figures_agree_across_summary_events_and_metrics(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor]
+) -> None:
+    """cache_savings_usd is the priced cache hits of /api/events; /metrics says the same."""
+    sim = make_simulator(
+        "--interval", "0.1", "--rate", "30", "--seed", "24", "--cache-hit-rate", "0.3"
+    )
+    monitor = make_monitor([sim.stream_url])
+    wait_until(lambda: monitor.summary()["totals"]["cache_hits"] >= 10, timeout=30)
+    sim.traffic(0)
+
+    def settled() -> dict[str, Any] | None:
+        before = monitor.summary()
+        time.sleep(0.5)
+        after = monitor.summary()
+        return after if before["totals"] == after["totals"] else None
+
+    summary = wait_until(settled, timeout=20)
+    text = httpx.get(f"{monitor.url}/metrics", timeout=5).text
+    events = monitor.get("/api/events?limit=1000")["events"]
+    assert len(events) == summary["totals"]["events"]  # all of them: none scrolled away
+    prices = PriceTable.default()
+    expected = sum(
+        prices.combined_usd(event["model"], event["tokens"]) or 0.0
+        for event in events
+        if event["event_type"] == "cache_hit" and event["tokens"]
+    )
+    assert expected > 0
+    assert summary["cache_savings_usd"] == pytest.approx(expected, rel=1e-9)
+    cost = summary["totals"]["cost_usd"]
+    assert summary["cache_savings_percent"] == pytest.approx(expected / (expected + cost) * 100)
+    # The daemon has run for less than 5 minutes: the last 5 minutes hold everything.
+    assert summary["periods"]["last_5m"]["cost_usd"] == pytest.approx(cost, rel=1e-9)
+    assert summary["periods"]["last_5m"]["requests"] == summary["totals"]["requests"]
+    rates = summary["events_per_second"]
+    assert set(rates) == {"1m", "5m"}
+    assert 0 < rates["5m"] <= summary["totals"]["events"] / 150 + 1e-9
+    assert _metric_values(text, "cco_cache_savings_usd_total") == {
+        (("source", "default"),): pytest.approx(expected, rel=1e-9)
+    }
+    assert set(_metric_values(text, "cco_events_per_second")) == {
+        (("window", "1m"),),
+        (("window", "5m"),),
+    }
+    last_5m = _metric_values(text, "cco_period_cost_usd")[(("period", "last_5m"),)]
+    assert last_5m == pytest.approx(cost, rel=1e-9)
+    states = _metric_values(text, "cco_budget_state")
+    assert states == {}  # no budget configured
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        check = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
