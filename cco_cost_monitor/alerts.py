@@ -35,6 +35,7 @@ import orjson
 from cco_cost_monitor.budgets import Alert, AlertKind
 from cco_cost_monitor.config import AlertSettings
 from cco_cost_monitor.logs import get_logger
+from cco_cost_monitor.rounding import tidy
 
 __all__ = ["SIGNATURE_HEADER", "AlertDispatcher", "sign"]
 
@@ -185,7 +186,7 @@ class AlertDispatcher:
                         self._idle_waiters.clear()
 
     async def _deliver(self, client: httpx.AsyncClient, alert: Alert) -> None:
-        body = orjson.dumps(alert.to_dict())
+        body = orjson.dumps(tidy(alert.to_dict()))
         results: list[bool] = []
 
         async def webhook() -> None:

@@ -72,6 +72,7 @@ from cco_cost_monitor.engine import (
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.pricing import Tier
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, CostBasis, Unattributed
+from cco_cost_monitor.rounding import tidy
 
 if TYPE_CHECKING:
     from cco_cost_monitor.config import Settings
@@ -1731,7 +1732,7 @@ class Store:
                 for row in rows:
                     record = convert(row)
                     if writer is None:
-                        out.write(orjson.dumps(record).decode() + "\n")
+                        out.write(orjson.dumps(tidy(record)).decode() + "\n")
                     else:
                         writer.writerow({key: _csv_value(value) for key, value in record.items()})
                     count += 1
@@ -1778,4 +1779,4 @@ def _csv_value(value: Any) -> Any:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return value
+    return tidy(value)

@@ -406,8 +406,10 @@ def report(since: str, until: str, by: str, fmt: str, **options: Any) -> None:
     except StoreError as exc:
         click.echo(f"cco-monitor: {exc}", err=True)
         sys.exit(EXIT_FAILURE)
-    rows = report_rows(raw, by)
-    totals = _totals(rows)
+    from cco_cost_monitor.rounding import tidy  # noqa: PLC0415
+
+    rows = tidy(report_rows(raw, by))
+    totals = tidy(_totals(rows))
     if fmt == "json":
         import json  # noqa: PLC0415
 

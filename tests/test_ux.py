@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +380,66 @@ def test_new_figures_agree_across_summary_events_and_metrics(
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
         )
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- JSON without float noise ------------------------------------------------------------------
+
+
+def _noisy_floats(value: Any) -> list[float]:
+    """Floats with more than 10 decimals anywhere in decoded JSON."""
+    if isinstance(value, float):
+        exponent = Decimal(repr(value)).as_tuple().exponent
+        return [value] if isinstance(exponent, int) and exponent < -10 else []
+    if isinstance(value, dict):
+        return [noisy for item in value.values() for noisy in _noisy_floats(item)]
+    if isinstance(value, list):
+        return [noisy for item in value for noisy in _noisy_floats(item)]
+    return []
+
+
+def test_report_export_and_alert_json_round_like_the_api(
+    make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor], tmp_path: Path
+) -> None:
+    """report and db export write money rounded to 10 decimals, as /api/* does."""
+    sim = make_simulator("--interval", "0.1", "--rate", "40", "--seed", "25")
+    state = tmp_path / "state"
+    monitor = make_monitor([sim.stream_url], state_dir=state)
+    wait_until(lambda: monitor.summary()["totals"]["requests"] > 150, timeout=30)
+    sim.traffic(0)
+    wait_until(lambda: monitor.health()["store"]["pending"] == 0)
+    where = ("--state-dir", str(state))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CCO_MONITOR")}
+    documents: list[Any] = []
+    for by in ("day", "hour", "model"):
+        report = run_cli("report", "--format", "json", "--by", by, *where, env=env)
+        assert report.returncode == 0, report.stderr
+        documents.append(json.loads(report.stdout))
+    for kind in ("events", "hourly"):
+        export = run_cli("db", "export", "--kind", kind, *where, env=env)
+        assert export.returncode == 0, export.stderr
+        documents += [json.loads(line) for line in export.stdout.splitlines()]
+    csv_report = run_cli("report", "--format", "csv", "--by", "hour", *where, env=env)
+    assert csv_report.returncode == 0, csv_report.stderr
+    documents += [
+        [float(cell) for cell in line.split(",")[1:]] for line in csv_report.stdout.splitlines()[1:]
+    ]
+    assert documents[0]["totals"]["cost_usd"] > 0
+    assert [noisy for document in documents for noisy in _noisy_floats(document)] == []
+
+
+async def test_alert_bodies_carry_no_float_noise(tmp_path: Path) -> None:
+    """The webhook body and the command's stdin are the same JSON, rounded like the API."""
+    out = tmp_path / "body.json"
+    script = tmp_path / "sink.py"
+    script.write_text(f"import sys\nopen({str(out)!r}, 'wb').write(sys.stdin.buffer.read())\n")
+    dispatcher = AlertDispatcher(AlertSettings(command=f"{sys.executable} {script}"))
+    noisy = 0.1 + 0.2  # 0.30000000000000004
+    alert = Alert("threshold", "daily", None, 0.5, "half", datetime.now(UTC), {"spent_usd": noisy})
+    async with anyio.create_task_group() as group:
+        group.start_soon(dispatcher.run)
+        dispatcher.submit(alert)
+        with anyio.fail_after(20):
+            await dispatcher.drain()
+        group.cancel_scope.cancel()
+    body = json.loads(out.read_bytes())
+    assert body["payload"]["spent_usd"] == 0.3
