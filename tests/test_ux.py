@@ -27,6 +27,7 @@ from cco_cost_monitor.config import AlertSettings, load_settings
 from cco_cost_monitor.engine import Engine
 from cco_cost_monitor.pricing import PriceTable
 from cco_cost_monitor.projections import HORIZONS
+from cco_cost_monitor.reconciler import Accounting
 from cco_cost_monitor.server import Service
 from cco_cost_monitor.store import AlertRecord, Batch, Store
 from tests.builders import accounted_event
@@ -443,3 +444,23 @@ async def test_alert_bodies_carry_no_float_noise(tmp_path: Path) -> None:
         group.cancel_scope.cancel()
     body = json.loads(out.read_bytes())
     assert body["payload"]["spent_usd"] == 0.3
+
+
+def test_db_prune_says_what_it_did_in_a_sentence(tmp_path: Path) -> None:
+    """Not a dataclass repr: how many rows of which kind went, and what the retention keeps."""
+    state = tmp_path / "state"
+    state.mkdir()
+    old = datetime.now(UTC) - timedelta(days=200)
+    with Store.open(state / "monitor.db") as store:
+        event = accounted_event(key="old", occurred_at=old, cost=0.5)
+        store.commit_batch(Batch(results=[Accounting("default", old, (event,))]))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CCO_MONITOR")}
+    first = run_cli("db", "prune", "--state-dir", str(state), env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("Deleted 1 hourly aggregate row older than the retention"), (
+        first.stdout
+    )
+    assert "(kept: events 90 d, hourly aggregates 35 d," in first.stdout
+    assert "PruneResult" not in first.stdout
+    second = run_cli("db", "prune", "--state-dir", str(state), env=env)
+    assert second.stdout.startswith("Nothing was older than the retention"), second.stdout
