@@ -29,14 +29,15 @@ EXIT_FAILURE = 1
 EXIT_NOT_RUNNING = 3
 
 
-def common_options(func: F) -> F:
-    """The options every daemon-facing command shares."""
+def _option_table(hidden: bool = False) -> dict[str, Callable[[F], F]]:
+    """Every shared option by its settings key, in --help order (``hidden`` from --help)."""
     options = [
         click.option(
             "--config",
             "config",
             type=click.Path(dir_okay=False, path_type=Path),
             help="Config file (default: <state dir>/config.toml if present).",
+            hidden=hidden,
         ),
         click.option(
             "--source",
@@ -44,21 +45,30 @@ def common_options(func: F) -> F:
             multiple=True,
             metavar="[NAME=]URL",
             help="SSE source, repeatable (default http://127.0.0.1:3000/api/stream).",
+            hidden=hidden,
         ),
         click.option(
             "--source-token",
             "source_token",
             metavar="TOKEN",
             help="Bearer token sent to every --source given on the command line.",
+            hidden=hidden,
         ),
-        click.option("--health-host", help="Address of the HTTP server (default 127.0.0.1)."),
-        click.option("--health-port", type=int, help="Port of the HTTP server (default 8081)."),
-        click.option("--health-token", help="Bearer token required by the HTTP server."),
+        click.option(
+            "--health-host", help="Address of the HTTP server (default 127.0.0.1).", hidden=hidden
+        ),
+        click.option(
+            "--health-port", type=int, help="Port of the HTTP server (default 8081).", hidden=hidden
+        ),
+        click.option(
+            "--health-token", help="Bearer token required by the HTTP server.", hidden=hidden
+        ),
         click.option(
             "--allow-unauthenticated",
             is_flag=True,
             default=None,
             help="Allow a non-loopback --health-host without a token.",
+            hidden=hidden,
         ),
         click.option(
             "--state-dir",
@@ -67,17 +77,56 @@ def common_options(func: F) -> F:
                 "State directory (default $CCO_MONITOR_HOME, else systemd's "
                 "$STATE_DIRECTORY, else ~/.cco-monitor)."
             ),
+            hidden=hidden,
         ),
-        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option(
+            "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), hidden=hidden
+        ),
         click.option(
             "--log-format",
             type=click.Choice(["auto", "json", "console"]),
             help="auto: JSON unless stderr is a terminal.",
+            hidden=hidden,
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    names = [
+        "config",
+        "sources",
+        "source_token",
+        "health_host",
+        "health_port",
+        "health_token",
+        "allow_unauthenticated",
+        "state_dir",
+        "log_level",
+        "log_format",
+    ]
+    return dict(zip(names, options, strict=True))
+
+
+def shared_options(*names: str) -> Callable[[F], F]:
+    """Every shared option, but ``--help`` lists only ``names`` (settings keys): those the
+    command uses. The others are still accepted (and ignored), so that one set of flags
+    keeps working for every command of a script or an alias."""
+
+    def decorate(func: F) -> F:
+        shown, hidden = _option_table(), _option_table(hidden=True)
+        for name in reversed(list(shown)):
+            func = (shown if name in names else hidden)[name](func)
+        return func
+
+    return decorate
+
+
+def common_options(func: F) -> F:
+    """Every shared option: for the commands that run or describe the daemon."""
+    return shared_options(*_option_table())(func)
+
+
+# Commands that find a daemon by its state dir (the file may move it) and talk to it.
+client_options = shared_options("config", "state_dir", "health_host", "health_port", "health_token")
+# Commands that only need the state dir.
+location_options = shared_options("config", "state_dir")
 
 
 def flags_from(options: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +307,7 @@ def start(foreground: bool, **options: Any) -> None:
 
 
 @main.command()
-@common_options
+@location_options
 @click.option(
     "--timeout",
     type=float,
@@ -278,7 +327,13 @@ def stop(timeout: float, **options: Any) -> None:
 
 @main.command()
 @common_options
-@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the running daemon after SIGTERM before SIGKILL.",
+)
 @click.pass_context
 def restart(ctx: click.Context, /, timeout: float, **options: Any) -> None:
     """Stop, then start in the background.
@@ -308,7 +363,7 @@ def restart(ctx: click.Context, /, timeout: float, **options: Any) -> None:
 
 
 @main.command()
-@common_options
+@location_options
 def reload(**options: Any) -> None:
     """Re-read config, prices and budgets (SIGHUP) without losing counts."""
     import signal  # noqa: PLC0415

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from cco_cost_monitor.cli import EXIT_FAILURE, _load, common_options
+from cco_cost_monitor.cli import EXIT_FAILURE, _load, location_options
 from cco_cost_monitor.errors import StoreError
 
 
@@ -39,7 +39,7 @@ def db_group() -> None:
 
 
 @db_group.command("check")
-@common_options
+@location_options
 def check(**options: Any) -> None:
     """Integrity, schema version, and that stored events balance the accounting state."""
     from cco_cost_monitor.store import CHECK_FAIL  # noqa: PLC0415
@@ -59,7 +59,7 @@ def check(**options: Any) -> None:
 
 
 @db_group.command("export")
-@common_options
+@location_options
 @click.option(
     "--kind",
     type=click.Choice(["events", "unattributed", "hourly", "daily"]),
@@ -108,7 +108,7 @@ def export(
 
 
 @db_group.command("prune")
-@common_options
+@location_options
 def prune(**options: Any) -> None:
     """Apply the retention policy now (events, hourly and daily aggregates, alerts)."""
     from cco_cost_monitor.store import Retention  # noqa: PLC0415

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cco_cost_monitor.cli import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, _load, common_options
+from cco_cost_monitor.cli import (
+    EXIT_FAILURE,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    _load,
+    client_options,
+    location_options,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -72,7 +79,7 @@ def _console() -> Console:
 
 
 @click.command()
-@common_options
+@client_options
 @click.option("--json", "as_json", is_flag=True, help="Print {running, pid, health, summary}.")
 @click.option(
     "--timeout",
@@ -248,7 +255,7 @@ def _fetch(client: DaemonClient, frame: WatchFrame) -> None:
 
 
 @click.command()
-@common_options
+@client_options
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.1),
@@ -363,7 +370,7 @@ def _totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 @click.command()
-@common_options
+@location_options
 @click.option(
     "--since",
     default="7d",

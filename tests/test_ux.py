@@ -60,7 +60,7 @@ def test_alert_history_is_newest_first_after_a_restart(
     assert [alert["threshold"] for alert in newest] == [0.9, 0.75]
 
 
-# -- one moment per document (bug 3) -------------------------------------------------------
+# -- one moment per document (bug 3)
 
 
 def _service(tmp_path: Path, now: datetime, **budgets: float) -> Service:
@@ -121,7 +121,7 @@ def test_a_busy_daemon_never_projects_below_what_is_spent(
         time.sleep(0.08)
 
 
-# -- a broken config.toml (bug 2) -------------------------------------------------------------
+# -- a broken config.toml (bug 2)
 
 
 def test_a_broken_config_does_not_lock_the_user_out(
@@ -176,7 +176,7 @@ def test_a_config_file_that_is_not_toml_still_lets_status_answer(tmp_path: Path)
     assert "invalid TOML" in start.stderr
 
 
-# -- output to a pipe (bug 4, status width) -----------------------------------------------------
+# -- output to a pipe (bug 4, status width)
 
 
 def test_watch_once_and_status_print_everything_into_a_pipe(
@@ -203,7 +203,7 @@ def test_watch_once_and_status_print_everything_into_a_pipe(
     assert "a-source-with-a-rather-long-name" in status.stdout
 
 
-# -- the README's alert command (bug 5) --------------------------------------------------------
+# -- the README's alert command (bug 5)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -265,7 +265,7 @@ async def test_a_failing_alert_command_is_named_in_the_log(tmp_path: Path) -> No
     assert "s3cret" not in str(logs)
 
 
-# -- cache savings, last 5 minutes, events per second ----------------------------------------
+# -- cache savings, last 5 minutes, events per second
 
 
 def test_cache_savings_price_each_cache_hit_by_its_model_and_tokens() -> None:
@@ -383,7 +383,7 @@ def test_new_figures_agree_across_summary_events_and_metrics(
         assert check.returncode == 0, check.stdout + check.stderr
 
 
-# -- JSON without float noise ------------------------------------------------------------------
+# -- JSON without float noise
 
 
 def _noisy_floats(value: Any) -> list[float]:
@@ -464,3 +464,59 @@ def test_db_prune_says_what_it_did_in_a_sentence(tmp_path: Path) -> None:
     assert "PruneResult" not in first.stdout
     second = run_cli("db", "prune", "--state-dir", str(state), env=env)
     assert second.stdout.startswith("Nothing was older than the retention"), second.stdout
+
+
+# -- --help
+
+LOCATION = ["--config", "--state-dir"]
+ADDRESS = ["--config", "--health-host", "--health-port", "--health-token", "--state-dir"]
+HELP_OPTIONS = {
+    ("stop",): [*LOCATION, "--timeout"],
+    ("reload",): LOCATION,
+    ("status",): [*ADDRESS, "--json", "--timeout"],
+    ("watch",): [*ADDRESS, "--interval", "--wait", "--once"],
+    ("report",): [*LOCATION, "--since", "--until", "--by", "--format"],
+    ("db", "check"): LOCATION,
+    ("db", "export"): [*LOCATION, "--kind", "--format", "--since", "--until", "--output"],
+    ("db", "prune"): LOCATION,
+}
+
+
+def _help_options(*command: str) -> list[str]:
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    return [
+        word.rstrip(",")
+        for line in result.stdout.splitlines()
+        for word in line.split()[:2]
+        if word.startswith("--") and word != "--help"
+    ]
+
+
+def test_each_commands_help_lists_only_the_options_it_uses() -> None:
+    """stop does not offer --source; the shared flags it ignores are still accepted."""
+    for command, expected in HELP_OPTIONS.items():
+        assert _help_options(*command) == expected, command
+    restart = run_cli("restart", "--help").stdout
+    assert "Seconds to wait for the running daemon after SIGTERM before SIGKILL." in " ".join(
+        restart.split()
+    )
+
+
+def test_hidden_shared_options_are_still_accepted(tmp_path: Path) -> None:
+    """A script passing one set of flags to every command keeps working."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CCO_MONITOR")}
+    stop = run_cli(
+        "stop",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--health-port",
+        "1",
+        "--source",
+        "http://127.0.0.1:9/api/stream",
+        "--log-level",
+        "debug",
+        env=env,
+    )
+    assert stop.returncode == 0, stop.stderr
+    assert "not running" in stop.stdout
