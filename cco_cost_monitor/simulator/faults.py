@@ -112,7 +112,15 @@ class Fault:
         allowed = {f for f in cls.__dataclass_fields__ if f != "kind"}
         unknown = set(params) - allowed
         if unknown:
-            raise ValueError(f"unknown parameter(s) for {kind}: {', '.join(sorted(unknown))}")
+            main = FAULT_HELP.get(kind, (None, ""))[0]
+            extra = {"drop": ("abort",), "restart": ("save_first",)}.get(kind, ())
+            own = [name for name in (main, *extra) if name is not None]
+            takes = f"{kind} takes {', '.join(own)}" if own else f"{kind} takes no parameter"
+            raise ValueError(
+                f"unknown parameter(s) for {kind}: {', '.join(sorted(unknown))}; {takes}"
+                if kind in FAULT_HELP
+                else f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}"
+            )
         if kind == "burst":
             params.setdefault("count", 50)
         typed: dict[str, Any] = {}
