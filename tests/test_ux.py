@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from cco_cost_monitor.alerts import AlertDispatcher
-from cco_cost_monitor.budgets import Alert
+from cco_cost_monitor.budgets import Alert, AlertTracker
 from cco_cost_monitor.config import AlertSettings, load_settings
 from cco_cost_monitor.engine import Engine
 from cco_cost_monitor.pricing import PriceTable
@@ -543,3 +543,21 @@ def test_a_misspelt_fault_parameter_names_the_valid_ones(
     assert typo.json()["error"].endswith("; drop takes abort")
     kind = httpx.post(f"{sim.url}/_sim/fault", json={"kind": "restat", "x": 1}, timeout=5)
     assert "unknown fault kind 'restat'; known: restart, burst," in kind.json()["error"]
+
+
+def test_alert_messages_use_the_terminals_money_format() -> None:
+    """$2,173.13 in an alert message, as in status and watch (not $2173.13)."""
+    tracker = AlertTracker([0.5])
+    now = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
+    budget = {
+        "period": "monthly",
+        "tier": None,
+        "limit_usd": 4000.0,
+        "spent_usd": 2173.1277,
+        "used_ratio": 2173.1277 / 4000.0,
+        "projected_usd": 3500.0,
+        "state": "ok",
+        "period_start": "2026-01-01T00:00:00+00:00",
+    }
+    fired = tracker.update([budget], now)
+    assert "$2,173.13 of $4,000.00" in fired[0].message
