@@ -15,9 +15,10 @@ import orjson
 from aiohttp import web
 
 from cco_cost_monitor.engine import BucketKind
-from cco_cost_monitor.rounding import tidy
+from cco_cost_monitor.rounding import MONEY_DECIMALS, tidy
 
-__all__ = ["ServiceView", "make_app"]
+# tidy and MONEY_DECIMALS live in rounding.py (import-free); re-exported for older imports.
+__all__ = ["MONEY_DECIMALS", "ServiceView", "make_app", "tidy"]
 
 MAX_EVENTS = 1000
 # Nothing here takes a body.
