@@ -25,16 +25,17 @@ import shlex
 import subprocess
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 import orjson
 
-from cco_cost_monitor.budgets import Alert
+from cco_cost_monitor.budgets import Alert, AlertKind
 from cco_cost_monitor.config import AlertSettings
 from cco_cost_monitor.logs import get_logger
+from cco_cost_monitor.rounding import tidy
 
 __all__ = ["SIGNATURE_HEADER", "AlertDispatcher", "sign"]
 
@@ -44,6 +45,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 60.0
 USER_AGENT = "cco-monitor-alerts"
 
+ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
 log = get_logger("cco_cost_monitor.alerts")
 
 
@@ -79,6 +81,7 @@ class AlertDispatcher:
         self._sleep = sleep or anyio.sleep
         self._queue: deque[Alert] = deque()
         self._history: deque[Alert] = deque(maxlen=history_size)
+        self._fired: dict[str, int] = {}  # per kind, a closed set: bounded
         self._wakeup: anyio.Event | None = None
         self._idle_waiters: list[anyio.Event] = []
         self._busy = False
@@ -106,6 +109,7 @@ class AlertDispatcher:
         Call it from the event loop's thread (it wakes the :meth:`run` task directly).
         """
         self.counters["submitted"] += 1
+        self._fired[alert.kind] = self._fired.get(alert.kind, 0) + 1
         self._history.append(alert)
         log.warning(
             "budget_alert",
@@ -135,6 +139,10 @@ class AlertDispatcher:
         """The newest ``limit`` alerts submitted, newest first."""
         items = list(self._history)[-limit:] if limit > 0 else []
         return items[::-1]
+
+    def fired_by_kind(self) -> dict[str, int]:
+        """Alerts submitted by this process, per kind (every kind present, 0 if none)."""
+        return {kind: self._fired.get(kind, 0) for kind in ALERT_KINDS}
 
     def stats(self) -> dict[str, int]:
         """Counters plus the current queue length."""
@@ -186,7 +194,7 @@ class AlertDispatcher:
                         self._idle_waiters.clear()
 
     async def _deliver(self, client: httpx.AsyncClient, alert: Alert) -> None:
-        body = orjson.dumps(alert.to_dict())
+        body = orjson.dumps(tidy(alert.to_dict()))
         results: list[bool] = []
 
         async def webhook() -> None:
@@ -276,8 +284,10 @@ class AlertDispatcher:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        except (OSError, ValueError) as exc:
-            reason = f"cannot start: {type(exc).__name__}"
+        except OSError as exc:
+            reason = f"cannot start: {exc.strerror or type(exc).__name__}"
+        except ValueError as exc:
+            reason = f"cannot start: {exc}"
         else:
             returncode: int | None = None
             async with process:
@@ -300,5 +310,21 @@ class AlertDispatcher:
                 self.counters["command_sent"] += 1
                 return True
         self.counters["command_failed"] += 1
-        log.warning("alert_command_failed", reason=reason, kind=alert.kind, period=alert.period)
+        log.warning(
+            "alert_command_failed",
+            # The program only: its arguments may carry a token.
+            command=_program(command),
+            reason=reason,
+            kind=alert.kind,
+            period=alert.period,
+        )
         return False
+
+
+def _program(command: str) -> str:
+    """The program a command line runs (its first word), for logs."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return "(unparsable command line)"
+    return words[0] if words else "(empty command line)"

@@ -15,8 +15,10 @@ import orjson
 from aiohttp import web
 
 from cco_cost_monitor.engine import BucketKind
+from cco_cost_monitor.rounding import MONEY_DECIMALS, tidy
 
-__all__ = ["ServiceView", "make_app"]
+# tidy and MONEY_DECIMALS live in rounding.py (import-free); re-exported for older imports.
+__all__ = ["MONEY_DECIMALS", "ServiceView", "make_app", "tidy"]
 
 MAX_EVENTS = 1000
 # Nothing here takes a body.
@@ -32,20 +34,6 @@ class ServiceView(Protocol):
     def timeseries(self, kind: BucketKind, since: datetime | None) -> list[dict[str, Any]]: ...
     def statusline(self) -> str: ...
     def alerts(self, limit: int) -> list[dict[str, Any]]: ...
-
-
-MONEY_DECIMALS = 10
-
-
-def tidy(value: Any) -> Any:
-    """Floats rounded to 10 decimals: sums of prices carry float noise (0.114831999...)."""
-    if isinstance(value, float):
-        return round(value, MONEY_DECIMALS)
-    if isinstance(value, dict):
-        return {key: tidy(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [tidy(item) for item in value]
-    return value
 
 
 def json_response(

@@ -271,7 +271,7 @@ class AlertTracker:
             )
         else:
             what = f"{threshold:.0%} of the {_label(period, tier)} used"
-        message = f"{what}: ${spent:.2f} of ${limit:.2f}"
+        message = f"{what}: ${spent:,.2f} of ${limit:,.2f}"
         payload = self._payload(budget)
         payload["skipped_thresholds"] = crossed[:-1]
         return [Alert("threshold", period, tier, threshold, message, now, payload)]
@@ -292,7 +292,7 @@ class AlertTracker:
             when = f" at {_clock(crossing, period)}" if crossing else ""
             message = (
                 f"projected to exceed the {_label(period, tier)}{when}: "
-                f"${projected:.2f} by the end of the {words} (limit ${limit:.2f})"
+                f"${projected:,.2f} by the end of the {words} (limit ${limit:,.2f})"
             )
             return [Alert("predicted", period, tier, None, message, now, self._payload(budget))]
         if (
@@ -302,7 +302,8 @@ class AlertTracker:
         ):
             track.predicted = False
             message = (
-                f"{_label(period, tier)} back on track: projected ${projected:.2f} of ${limit:.2f}"
+                f"{_label(period, tier)} back on track: "
+                f"projected ${projected:,.2f} of ${limit:,.2f}"
             )
             return [Alert("recovered", period, tier, None, message, now, self._payload(budget))]
         return []

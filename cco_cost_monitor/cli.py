@@ -29,14 +29,15 @@ EXIT_FAILURE = 1
 EXIT_NOT_RUNNING = 3
 
 
-def common_options(func: F) -> F:
-    """The options every daemon-facing command shares."""
+def _option_table(hidden: bool = False) -> dict[str, Callable[[F], F]]:
+    """Every shared option by its settings key, in --help order (``hidden`` from --help)."""
     options = [
         click.option(
             "--config",
             "config",
             type=click.Path(dir_okay=False, path_type=Path),
             help="Config file (default: <state dir>/config.toml if present).",
+            hidden=hidden,
         ),
         click.option(
             "--source",
@@ -44,21 +45,30 @@ def common_options(func: F) -> F:
             multiple=True,
             metavar="[NAME=]URL",
             help="SSE source, repeatable (default http://127.0.0.1:3000/api/stream).",
+            hidden=hidden,
         ),
         click.option(
             "--source-token",
             "source_token",
             metavar="TOKEN",
             help="Bearer token sent to every --source given on the command line.",
+            hidden=hidden,
         ),
-        click.option("--health-host", help="Address of the HTTP server (default 127.0.0.1)."),
-        click.option("--health-port", type=int, help="Port of the HTTP server (default 8081)."),
-        click.option("--health-token", help="Bearer token required by the HTTP server."),
+        click.option(
+            "--health-host", help="Address of the HTTP server (default 127.0.0.1).", hidden=hidden
+        ),
+        click.option(
+            "--health-port", type=int, help="Port of the HTTP server (default 8081).", hidden=hidden
+        ),
+        click.option(
+            "--health-token", help="Bearer token required by the HTTP server.", hidden=hidden
+        ),
         click.option(
             "--allow-unauthenticated",
             is_flag=True,
             default=None,
             help="Allow a non-loopback --health-host without a token.",
+            hidden=hidden,
         ),
         click.option(
             "--state-dir",
@@ -67,17 +77,56 @@ def common_options(func: F) -> F:
                 "State directory (default $CCO_MONITOR_HOME, else systemd's "
                 "$STATE_DIRECTORY, else ~/.cco-monitor)."
             ),
+            hidden=hidden,
         ),
-        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option(
+            "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), hidden=hidden
+        ),
         click.option(
             "--log-format",
             type=click.Choice(["auto", "json", "console"]),
             help="auto: JSON unless stderr is a terminal.",
+            hidden=hidden,
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    names = [
+        "config",
+        "sources",
+        "source_token",
+        "health_host",
+        "health_port",
+        "health_token",
+        "allow_unauthenticated",
+        "state_dir",
+        "log_level",
+        "log_format",
+    ]
+    return dict(zip(names, options, strict=True))
+
+
+def shared_options(*names: str) -> Callable[[F], F]:
+    """Every shared option, but ``--help`` lists only ``names`` (settings keys): those the
+    command uses. The others are still accepted (and ignored), so that one set of flags
+    keeps working for every command of a script or an alias."""
+
+    def decorate(func: F) -> F:
+        shown, hidden = _option_table(), _option_table(hidden=True)
+        for name in reversed(list(shown)):
+            func = (shown if name in names else hidden)[name](func)
+        return func
+
+    return decorate
+
+
+def common_options(func: F) -> F:
+    """Every shared option: for the commands that run or describe the daemon."""
+    return shared_options(*_option_table())(func)
+
+
+# Commands that find a daemon by its state dir (the file may move it) and talk to it.
+client_options = shared_options("config", "state_dir", "health_host", "health_port", "health_token")
+# Commands that only need the state dir.
+location_options = shared_options("config", "state_dir")
 
 
 def flags_from(options: dict[str, Any]) -> dict[str, Any]:
@@ -103,15 +152,30 @@ def flags_from(options: dict[str, Any]) -> dict[str, Any]:
     return flags
 
 
-def _load(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from cco_cost_monitor.config import load_settings  # noqa: PLC0415
+def _load(options: dict[str, Any], *, lenient: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The settings, or exit 1 naming the offending key.
+
+    ``lenient`` is for the commands that need only the state dir and the daemon's address
+    (stop, status, watch, report): a broken configuration is reported as a warning and they
+    go on with those keys, so that a daemon started before the file broke can still be seen
+    and stopped.
+    """
+    from cco_cost_monitor.config import load_client_settings, load_settings  # noqa: PLC0415
 
     flags = flags_from(options)
     try:
-        loaded = load_settings(flags)
+        if not lenient:
+            return load_settings(flags), flags
+        loaded, problem = load_client_settings(flags)
     except ConfigError as exc:
         click.echo(f"cco-monitor: {exc}", err=True)
         sys.exit(EXIT_FAILURE)
+    if problem is not None:
+        click.echo(
+            f"cco-monitor: warning: {problem}; going on with the state dir "
+            f"({loaded.settings.state_dir}) and the daemon's address only",
+            err=True,
+        )
     return loaded, flags
 
 
@@ -243,7 +307,7 @@ def start(foreground: bool, **options: Any) -> None:
 
 
 @main.command()
-@common_options
+@location_options
 @click.option(
     "--timeout",
     type=float,
@@ -255,7 +319,7 @@ def stop(timeout: float, **options: Any) -> None:
     """Stop the background monitor (SIGTERM, then SIGKILL after --timeout)."""
     from cco_cost_monitor import daemon  # noqa: PLC0415
 
-    loaded, _ = _load(options)
+    loaded, _ = _load(options, lenient=True)
     outcome = daemon.stop(loaded.settings.pid_path, timeout=timeout)
     click.echo(outcome.message)
     sys.exit(outcome.exit_code)
@@ -263,12 +327,33 @@ def stop(timeout: float, **options: Any) -> None:
 
 @main.command()
 @common_options
-@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the running daemon after SIGTERM before SIGKILL.",
+)
 @click.pass_context
 def restart(ctx: click.Context, /, timeout: float, **options: Any) -> None:
-    """Stop, then start in the background."""
-    from cco_cost_monitor import daemon  # noqa: PLC0415
+    """Stop, then start in the background.
 
+    The configuration is checked first: when it is invalid nothing is stopped (the new
+    daemon could not start), the problem is printed and the exit status is 1.
+    """
+    from cco_cost_monitor import daemon  # noqa: PLC0415
+    from cco_cost_monitor.config import load_settings  # noqa: PLC0415
+
+    try:
+        load_settings(flags_from(options))
+    except ConfigError as exc:
+        click.echo(f"cco-monitor: {exc}", err=True)
+        click.echo(
+            "cco-monitor: not restarting: a new daemon could not start with this "
+            "configuration; the running one (if any) was left running",
+            err=True,
+        )
+        sys.exit(EXIT_FAILURE)
     loaded, _ = _load(options)
     outcome = daemon.stop(loaded.settings.pid_path, timeout=timeout)
     click.echo(outcome.message)
@@ -278,7 +363,7 @@ def restart(ctx: click.Context, /, timeout: float, **options: Any) -> None:
 
 
 @main.command()
-@common_options
+@location_options
 def reload(**options: Any) -> None:
     """Re-read config, prices and budgets (SIGHUP) without losing counts."""
     import signal  # noqa: PLC0415

@@ -411,13 +411,41 @@ def resolve_config_path(flags: Mapping[str, Any]) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def load_settings(flags: Mapping[str, Any] | None = None) -> LoadedSettings:
-    """Layer defaults < file < env < flags; ``flags`` holds only options given explicitly."""
+# What the commands that only talk to a daemon or read its files need (stop, status,
+# watch, report): where the state dir is, how to reach the daemon, the zone of its buckets.
+CLIENT_KEYS = frozenset(
+    {
+        "state_dir",
+        "health_host",
+        "health_port",
+        "health_token",
+        "allow_unauthenticated",
+        "timezone",
+    }
+)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    only: frozenset[str] | None = None,
+    skip: frozenset[Layer] = frozenset(),
+) -> LoadedSettings:
+    """Layer defaults < file < env < flags; ``flags`` holds only options given explicitly.
+
+    ``only`` keeps just those keys of every layer (the rest stay at their defaults);
+    ``skip`` leaves whole layers (``file``, ``env``) out.
+    """
     flags = {key: value for key, value in (flags or {}).items() if value not in (None, ())}
-    config_file = resolve_config_path(flags)
+    config_file = resolve_config_path(flags) if "file" not in skip else None
     file_values = _read_file(config_file) if config_file else {}
-    env_values = _env_values()
+    env_values = _env_values() if "env" not in skip else {}
     flag_values = {key: value for key, value in flags.items() if key != "config"}
+    if only is not None:
+        file_values, env_values, flag_values = (
+            {key: value for key, value in layer.items() if key in only}
+            for layer in (file_values, env_values, flag_values)
+        )
 
     origins: dict[str, Layer] = {}
     merged: dict[str, Any] = {}
@@ -434,6 +462,35 @@ def load_settings(flags: Mapping[str, Any] | None = None) -> LoadedSettings:
     for key in Settings.model_fields:
         origins.setdefault(key, "default")
     return LoadedSettings(settings=settings, origins=origins, config_file=config_file)
+
+
+def load_client_settings(
+    flags: Mapping[str, Any] | None = None,
+) -> tuple[LoadedSettings, str | None]:
+    """:func:`load_settings` for commands that need only :data:`CLIENT_KEYS`.
+
+    A configuration that does not load (bad TOML, an invalid budget, a bad environment
+    value...) does not stop them: they go on with the client keys of the layers that still
+    validate (the file's, else the environment's, else only the flags'), and the problem
+    comes back as the second item (``None`` when all is well). Raises
+    :class:`ConfigError` only when even the flags' client keys are invalid.
+    """
+    try:
+        return load_settings(flags), None
+    except ConfigError as exc:
+        problem = str(exc)
+    skips: tuple[frozenset[Layer], ...] = (
+        frozenset(),
+        frozenset({"file"}),
+        frozenset({"env"}),
+        frozenset({"file", "env"}),
+    )
+    for skip in skips:
+        try:
+            return load_settings(flags, only=CLIENT_KEYS, skip=skip), problem
+        except ConfigError:
+            continue
+    raise ConfigError(problem)
 
 
 def redacted_view(settings: Settings) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from cco_cost_monitor.cli import EXIT_FAILURE, _load, common_options
+from cco_cost_monitor.cli import EXIT_FAILURE, _load, location_options
 from cco_cost_monitor.errors import StoreError
 
 
@@ -39,7 +39,7 @@ def db_group() -> None:
 
 
 @db_group.command("check")
-@common_options
+@location_options
 def check(**options: Any) -> None:
     """Integrity, schema version, and that stored events balance the accounting state."""
     from cco_cost_monitor.store import CHECK_FAIL  # noqa: PLC0415
@@ -59,7 +59,7 @@ def check(**options: Any) -> None:
 
 
 @db_group.command("export")
-@common_options
+@location_options
 @click.option(
     "--kind",
     type=click.Choice(["events", "unattributed", "hourly", "daily"]),
@@ -108,9 +108,11 @@ def export(
 
 
 @db_group.command("prune")
-@common_options
+@location_options
 def prune(**options: Any) -> None:
     """Apply the retention policy now (events, hourly and daily aggregates, alerts)."""
+    from cco_cost_monitor.store import Retention  # noqa: PLC0415
+
     loaded, _ = _load(options)
     store = _open(loaded.settings, readonly=False)
     try:
@@ -120,4 +122,32 @@ def prune(**options: Any) -> None:
         sys.exit(EXIT_FAILURE)
     finally:
         store.close()
-    click.echo(str(result))
+    click.echo(prune_sentence(result, Retention.from_settings(loaded.settings)))
+
+
+def _plural(number: int, one: str, many: str | None = None) -> str:
+    return f"{number:,} {one if number == 1 else (many or one + 's')}"
+
+
+def prune_sentence(result: Any, retention: Any) -> str:
+    """What ``db prune`` did, as a sentence (``result`` a ``PruneResult``)."""
+    keep = (
+        f"kept: events {retention.events_days} d, hourly aggregates {retention.hourly_days} d, "
+        f"daily aggregates {retention.daily_days} d, alerts {retention.alerts_days} d"
+    )
+    counts = (
+        (result.events, "event"),
+        (result.unattributed, "unattributed remainder"),
+        (result.hourly, "hourly aggregate row"),
+        (result.daily, "daily aggregate row"),
+        (result.alerts, "alert"),
+    )
+    parts = [_plural(number, name) for number, name in counts if number]
+    if not parts:
+        return f"Nothing was older than the retention ({keep}); {result.duration_ms:.0f} ms."
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return (
+        f"Deleted {listed} older than the retention ({keep}); "
+        f"{_plural(result.freed_pages, 'database page')} given back, "
+        f"in {result.duration_ms:.0f} ms."
+    )

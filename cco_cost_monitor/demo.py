@@ -211,7 +211,9 @@ def _refresh(frame: Any, service: Any, ledger: dict[str, Any]) -> None:
     frame.events = service.recent_events(20)
     cost, calls = _truth(ledger)
     if cost is not None:
-        frame.note = f"simulator truth ${cost:.4f} / {calls} req"
+        from cco_cost_monitor.render import money  # noqa: PLC0415
+
+        frame.note = f"simulator truth {money(cost)} / {calls:,} req"
 
 
 def _truth(ledger: dict[str, Any]) -> tuple[float | None, int]:

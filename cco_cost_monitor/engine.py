@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
-from cco_cost_monitor.pricing import TIERS, Tier
+from cco_cost_monitor.pricing import TIERS, PriceTable, Tier
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, Unattributed
 
 __all__ = [
@@ -50,6 +50,8 @@ BUCKET_RETENTION: dict[BucketKind, timedelta] = {
 BURN_RATE_FLOOR_SHARE = 0.5
 # Event timestamps come from the proxy's clock; one far in the future is pinned to now.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+# Events per second are counted per second of arrival, for this many seconds back.
+ARRIVAL_SECONDS = 300
 
 
 def local(moment: datetime, zone: tzinfo) -> datetime:
@@ -173,6 +175,8 @@ class SourceTotals:
     unattributed_cost_usd: float = 0.0
     unattributed_requests: int = 0
     lost_events: int = 0
+    # What the cache hits would have cost: each cache_hit event's model and tokens priced.
+    cache_savings_usd: float = 0.0
     requests_by_type: dict[tuple[Tier, str], int] = field(default_factory=dict)
 
 
@@ -213,6 +217,12 @@ class Engine:
         self.first_observation: datetime | None = None
         self.last_event_at: dict[str, datetime] = {}
         self.unpriced_models: dict[str, int] = {}
+        # Prices of what cache hits saved (the service sets it; None: savings stay 0).
+        self.prices: PriceTable | None = None
+        # [second of arrival, accounted events]: one entry per second while the clock runs
+        # forward, so ARRIVAL_SECONDS + 1 entries cover the window (not persisted).
+        self._arrivals: deque[list[int]] = deque(maxlen=ARRIVAL_SECONDS + 1)
+        self._arrivals_since: float | None = None
         self._starts = BucketStarts(zone)
 
     # -- recording ---------------------------------------------------------------------
@@ -240,6 +250,8 @@ class Engine:
             self.buckets["hour"],
             self.buckets["day"],
         )
+        prices = self.prices
+        accounted = 0
         for event in events:
             source = event.source
             totals = self.sources.get(source)
@@ -251,8 +263,14 @@ class Engine:
             is_override = event.event_type == "model_override"
             totals.cost_usd += cost
             totals.requests += requests
-            totals.cache_hits += event.cache_hits
             totals.events += 1
+            accounted += 1
+            if event.cache_hits:
+                totals.cache_hits += event.cache_hits
+                if event.tokens and prices is not None and event.event_type == "cache_hit":
+                    saved = prices.combined_usd(event.model, event.tokens)
+                    if saved:
+                        totals.cache_savings_usd += saved
             if is_override:
                 totals.model_overrides += 1
             if requests:
@@ -302,6 +320,18 @@ class Engine:
                 if bucket is None:
                     bucket = table[start] = Bucket()
                 bucket.add(group_tier, group_cost, int(group_requests))
+        if accounted:
+            self._count_arrivals(observed_at, accounted)
+
+    def _count_arrivals(self, observed_at: datetime, count: int) -> None:
+        second = int(observed_at.timestamp())
+        if self._arrivals_since is None:
+            self._arrivals_since = observed_at.timestamp()
+        arrivals = self._arrivals
+        if arrivals and arrivals[-1][0] == second:
+            arrivals[-1][1] += count
+        else:
+            arrivals.append([second, count])
 
     def record_unattributed(self, remainder: Unattributed, observed_at: datetime) -> None:
         totals = self.sources.setdefault(remainder.source, SourceTotals())
@@ -389,6 +419,39 @@ class Engine:
                 weight = max(0.0, min(1.0, (start + 60 - window_start) / 60))
             total += bucket.total_cost * weight
         return total
+
+    def window_requests(self, now: datetime, seconds: float) -> int:
+        """Requests in the last ``seconds``, weighted like :meth:`window_cost` (rounded)."""
+        since = bucket_start(now - timedelta(seconds=seconds), "minute", self.zone)
+        window_start = now.timestamp() - seconds
+        total = 0.0
+        for start, bucket in self.buckets["minute"].items():
+            if start < since:
+                continue
+            weight = 1.0
+            if start == since:
+                weight = max(0.0, min(1.0, (start + 60 - window_start) / 60))
+            total += bucket.total_requests * weight
+        return round(total)
+
+    def events_per_second(self, now: datetime, seconds: float) -> float:
+        """Accounted events per second that arrived in the last ``seconds`` (at most 300).
+
+        Counted by arrival in this process; like :meth:`burn_rate`, the denominator is the
+        time observed so far but never below half the window.
+        """
+        seconds = min(float(seconds), float(ARRIVAL_SECONDS))
+        now_ts = now.timestamp()
+        first = now_ts - seconds
+        events = sum(count for second, count in self._arrivals if first <= second <= now_ts)
+        covered = seconds
+        if self._arrivals_since is not None:
+            covered = min(seconds, max(0.0, now_ts - self._arrivals_since))
+        return events / max(covered, seconds * BURN_RATE_FLOOR_SHARE)
+
+    def cache_savings(self) -> float:
+        """What the cache hits would have cost, summed over sources (USD)."""
+        return sum(totals.cache_savings_usd for totals in self.sources.values())
 
     def burn_rate(self, now: datetime, seconds: float) -> float:
         """USD per hour over the last ``seconds``, never over a denominator below the floor."""

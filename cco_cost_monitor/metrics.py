@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["ServiceCollector", "make_registry", "metrics_handler"]
 
 PERIODS = ("this_hour", "today", "this_week", "this_month")
+BUDGET_STATES = ("ok", "warning", "exceeded", "projected_to_exceed")
 
 
 def _number(value: Any) -> float | None:
@@ -128,14 +129,21 @@ class ServiceCollector(Collector):
             "Events known to be lost (covered by unattributed spend).",
             labels=["source"],
         )
+        savings = CounterMetricFamily(
+            "cco_cache_savings_usd",
+            "What the proxy's cache hits would have cost (USD): each cache_hit priced by its "
+            "model and tokens.",
+            labels=["source"],
+        )
         for source, totals in sorted(engine.sources.items()):
+            savings.add_metric([source], totals.cache_savings_usd)
             for (tier, event_type), count in sorted(totals.requests_by_type.items()):
                 requests.add_metric([source, tier, event_type], float(count))
             unattributed.add_metric([source], totals.unattributed_cost_usd)
             unattributed_requests.add_metric([source], float(totals.unattributed_requests))
             events.add_metric([source], float(totals.events))
             lost.add_metric([source], float(totals.lost_events))
-        yield from (requests, unattributed, unattributed_requests, events, lost)
+        yield from (requests, unattributed, unattributed_requests, events, lost, savings)
 
         last_event = GaugeMetricFamily(
             "cco_last_event_timestamp_seconds",
@@ -217,15 +225,27 @@ class ServiceCollector(Collector):
 
         period_cost = GaugeMetricFamily(
             "cco_period_cost_usd",
-            "Spend so far in the current calendar period (USD).",
+            "Spend so far in the current calendar period, or in the last 5 minutes "
+            '(period="last_5m") (USD).',
             labels=["period"],
         )
-        for period in PERIODS:
+        for period in ("last_5m", *PERIODS):
             row = (document.get("periods") or {}).get(period) or {}
             number = _number(row.get("cost_usd"))
             if number is not None:
                 period_cost.add_metric([period], number)
         yield period_cost
+
+        rate = GaugeMetricFamily(
+            "cco_events_per_second",
+            "Accounted events per second over a trailing window.",
+            labels=["window"],
+        )
+        for window, value in sorted((document.get("events_per_second") or {}).items()):
+            number = _number(value)
+            if number is not None:
+                rate.add_metric([str(window)], number)
+        yield rate
 
         yield from self._projections(document.get("projections"))
         yield from self._budgets(document.get("budgets"))
@@ -264,6 +284,11 @@ class ServiceCollector(Collector):
         limit = GaugeMetricFamily(
             "cco_budget_limit_usd", "Configured budget limit (USD).", labels=["period", "tier"]
         )
+        state = GaugeMetricFamily(
+            "cco_budget_state",
+            "The budget's state: 1 for the current one, 0 for the others.",
+            labels=["period", "tier", "state"],
+        )
         seen: set[tuple[str, str]] = set()
         for budget in budgets or []:
             if not isinstance(budget, Mapping) or budget.get("period") is None:
@@ -278,7 +303,17 @@ class ServiceCollector(Collector):
             amount = _number(budget.get("limit_usd"))
             if amount is not None:
                 limit.add_metric(list(key), amount)
-        yield from (used, limit)
+            for name in BUDGET_STATES:
+                state.add_metric([*key, name], 1.0 if budget.get("state") == name else 0.0)
+        yield from (used, limit, state)
+        alerts = CounterMetricFamily(
+            "cco_alerts",
+            "Budget alerts fired by this process (its history, also restored, is /api/alerts).",
+            labels=["kind"],
+        )
+        for kind, number in sorted(self.service.dispatcher.fired_by_kind().items()):
+            alerts.add_metric([kind], float(number))
+        yield alerts
 
     def _store(self) -> Iterable[Metric]:
         status = self.service.store_status()

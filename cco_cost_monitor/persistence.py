@@ -84,8 +84,9 @@ async def attach(service: Service) -> None:
     tracker_state = restored.component_states.get(BUDGET_STATE)
     if tracker_state is not None:
         service.tracker.load_dict(tracker_state)
+    # store.load gives the alerts oldest first, the order restore_history expects.
     service.dispatcher.restore_history(
-        [Alert.from_dict(record.as_dict()) for record in reversed(restored.alerts)]
+        [Alert.from_dict(record.as_dict()) for record in restored.alerts]
     )
     service.store = store
     service.writer = StoreWriter(store, prune_now=service.prune_clock.now)

@@ -28,6 +28,7 @@ __all__ = [
     "budget_bar",
     "budgets_table",
     "connection_table",
+    "events_rate",
     "events_table",
     "minute_series",
     "money",
@@ -36,6 +37,7 @@ __all__ = [
     "sparkline",
     "status_view",
     "tiers_table",
+    "watch_document",
     "watch_view",
 ]
 
@@ -53,6 +55,7 @@ HEALTH_STYLES = {"pass": "green", "warn": "yellow", "fail": "red"}
 BLOCKS = "▁▂▃▄▅▆▇█"
 DASH = "—"
 PERIOD_LABELS = {
+    "last_5m": "last 5 min",
     "this_hour": "this hour",
     "today": "today",
     "this_week": "this week",
@@ -168,9 +171,10 @@ def connection_table(
 
 
 def periods_table(summary: Mapping[str, Any]) -> Table:
-    """Spend and requests this hour, today, (this week,) this month, plus the total."""
+    """Spend and requests in the last 5 minutes, this hour, today, (this week,) this month,
+    since first contact, and what the cache saved (with its cache hits)."""
     table = _table("Spend")
-    table.add_column("period")
+    table.add_column("period", no_wrap=True)
     table.add_column("cost", justify="right")
     table.add_column("requests", justify="right")
     periods: Mapping[str, Any] = summary.get("periods") or {}
@@ -180,11 +184,28 @@ def periods_table(summary: Mapping[str, Any]) -> Table:
             table.add_row(label, money(period.get("cost_usd")), count(period.get("requests")))
     totals: Mapping[str, Any] = summary.get("totals") or {}
     table.add_row(
-        Text("since start", style="dim"),
+        Text("since first contact", style="dim"),
         money(totals.get("cost_usd")),
         count(totals.get("requests")),
     )
+    if "cache_savings_usd" in summary:
+        percent = _num(summary.get("cache_savings_percent"))
+        label = "cache saved" + (f" {percent:.1f}%" if percent is not None else "")
+        table.add_row(
+            Text(label, style="green"),
+            money(summary.get("cache_savings_usd")),
+            count(totals.get("cache_hits")),
+        )
     return table
+
+
+def events_rate(summary: Mapping[str, Any] | None) -> str | None:
+    """``3.2 events/s`` over the last minute, or None when the daemon does not say."""
+    rates: Mapping[str, Any] = (summary or {}).get("events_per_second") or {}
+    rate = _num(rates.get("1m"))
+    if rate is None:
+        return None
+    return f"{rate:.1f} events/s" if rate < 100 else f"{rate:,.0f} events/s"
 
 
 def tiers_table(summary: Mapping[str, Any], compact: bool = False) -> Table:
@@ -332,10 +353,13 @@ def minute_series(
     return series
 
 
+EVENT_TYPE_STYLES = {"api_call": "white", "cache_hit": "green", "model_override": "yellow"}
+
+
 def events_table(events: Sequence[Mapping[str, Any]], limit: int = 8) -> Table:
-    """The newest accounted events: time, tier, model, tokens, cost."""
+    """The newest accounted events: time, type, tier, model, tokens, cost."""
     table = _table("Recent events")
-    for name in ("time", "tier", "model", "tokens", "cost"):
+    for name in ("time", "type", "tier", "model", "tokens", "cost"):
         table.add_column(
             name, justify="right" if name in ("tokens", "cost") else "left", no_wrap=True
         )
@@ -343,15 +367,17 @@ def events_table(events: Sequence[Mapping[str, Any]], limit: int = 8) -> Table:
         occurred = str(event.get("occurred_at") or "")
         clock = occurred[11:19] if len(occurred) >= 19 else occurred
         tier = str(event.get("tier") or DASH)
+        kind = str(event.get("event_type") or DASH)
         table.add_row(
             clock,
+            Text(kind, style=EVENT_TYPE_STYLES.get(kind, "red")),
             Text(tier, style=TIER_STYLES.get(tier, "white")),
             str(event.get("model") or DASH),
             count(event.get("tokens")),
             money(event.get("cost_usd")),
         )
     if not events:
-        table.add_row(Text("no events yet", style="dim"), "", "", "", "")
+        table.add_row(Text("no events yet", style="dim"), "", "", "", "", "")
     return table
 
 
@@ -365,8 +391,9 @@ def status_header(
     url: str,
     health: Mapping[str, Any] | None,
     error: str | None,
+    summary: Mapping[str, Any] | None = None,
 ) -> Text:
-    """``● running (pid 123) · http://… · pass · up 5 min`` or why not."""
+    """``● running (pid 123) · http://… · pass · up 5 min · 3.2 events/s`` or why not."""
     text = Text()
     if not running:
         text.append("● not running", style="bold red")
@@ -385,6 +412,9 @@ def status_header(
     uptime = _num(health.get("uptime_seconds"))
     if uptime is not None:
         text.append(f" · up {_duration(uptime)}")
+    rate = events_rate(summary)
+    if rate is not None:
+        text.append(f" · {rate}")
     if health.get("version"):
         text.append(f" · v{health['version']}", style="dim")
     return text
@@ -412,7 +442,9 @@ def status_view(
 ) -> RenderableType:
     """The whole ``cco-monitor status`` output (``now`` turns times into "5 s ago")."""
     parts: list[RenderableType] = [
-        status_header(running=running, pid=pid, url=url, health=health, error=error)
+        status_header(
+            running=running, pid=pid, url=url, health=health, error=error, summary=summary
+        )
     ]
     if health is not None or summary is not None:
         parts.append(connection_table(health, summary, now))
@@ -451,6 +483,9 @@ def watch_header(frame: WatchFrame) -> Panel:
     text = Text()
     text.append(frame.title, style="bold")
     text.append(f" · {frame.url} · {frame.now.astimezone().strftime('%H:%M:%S')}")
+    rate = events_rate(frame.summary)
+    if rate is not None:
+        text.append(f" · {rate}")
     text.append(f"   {frame.hint}", style="dim")
     if frame.note:
         text.append(f"   {frame.note}", style="green")
@@ -496,7 +531,7 @@ def watch_view(frame: WatchFrame, events: int = 12) -> Layout:
     layout.split_column(
         Layout(watch_header(frame), name="header", size=4),
         Layout(cost_sparkline(frame), name="sparkline", size=4),
-        Layout(name="money", size=10),
+        Layout(name="money", size=11),
         Layout(name="outlook", size=10),
         Layout(events_table(frame.events, events), name="events", minimum_size=5),
     )
@@ -509,3 +544,21 @@ def watch_view(frame: WatchFrame, events: int = 12) -> Layout:
         Layout(budgets_table(summary, 8, compact=True), name="budgets", ratio=11),
     )
     return layout
+
+
+def watch_document(frame: WatchFrame, events: int = 20) -> Group:
+    """``watch --once`` when stdout is not a terminal: every part, one after the other.
+
+    A file or a pipe has no height to fit, so nothing is cropped (the full-screen layout
+    of :func:`watch_view` cuts a 25-line default console after the budgets).
+    """
+    summary = frame.summary or {}
+    return Group(
+        watch_header(frame),
+        cost_sparkline(frame),
+        periods_table(summary),
+        tiers_table(summary, compact=True),
+        projections_table(summary),
+        budgets_table(summary, 8, compact=True),
+        events_table(frame.events, events),
+    )

@@ -98,6 +98,7 @@ class Service:
         self.prune_clock = PruneClock()
         self.prices = PriceTable.default().with_overrides(settings.prices)
         self.engine = Engine(zone=settings.zone, recent_capacity=settings.recent_events)
+        self.engine.prices = self.prices
         self.reconcilers: dict[str, Reconciler] = {}
         self.sources: dict[str, SseSource] = {}
         self.writer: StoreWriter | None = None
@@ -207,24 +208,35 @@ class Service:
         return document, 503 if document["status"] == "fail" else 200
 
     def summary(self) -> dict[str, Any]:
-        if self.projections is None:
-            self.evaluate_budgets()
+        """The ``/api/summary`` document, every figure in it from one moment.
+
+        Periods, projections and budget states are computed here from the same ``now`` and
+        the same buckets (so a projection is never below what is already spent); reading
+        never fires an alert, that is :meth:`evaluate_budgets`' job.
+        """
+        now = self.clock()
+        projections, budgets = self.outlook(now)
         return build_summary(
             engine=self.engine,
             views=self.views(),
-            now=self.clock(),
-            projections=self.projections,
-            budgets=self.budgets,
+            now=now,
+            projections=projections,
+            budgets=budgets,
         )
+
+    def outlook(self, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Projections and budget states at ``now`` (pure: no alert, no state change)."""
+        billing_day = self.settings.billing_day
+        projections = project(self.engine, now, billing_day=billing_day)
+        budgets = evaluate(
+            self.settings.budgets, self.engine, projections, now, billing_day=billing_day
+        )
+        return projections, budgets
 
     def evaluate_budgets(self) -> None:
         """Refresh projections and budget states; hand new alerts to the dispatcher."""
         now = self.clock()
-        billing_day = self.settings.billing_day
-        self.projections = project(self.engine, now, billing_day=billing_day)
-        self.budgets = evaluate(
-            self.settings.budgets, self.engine, self.projections, now, billing_day=billing_day
-        )
+        self.projections, self.budgets = self.outlook(now)
         fired = self.tracker.update(self.budgets, now)
         for alert in fired:
             self.dispatcher.submit(alert)
@@ -235,7 +247,7 @@ class Service:
             self.writer.submit_state(BUDGET_STATE, self.tracker.to_dict())
 
     async def evaluate_loop(self) -> None:
-        """Projections, budgets and alerts every few seconds, not on every request."""
+        """Alerts every few seconds (requests compute their own figures but fire none)."""
         while True:
             try:
                 self.evaluate_budgets()
@@ -291,6 +303,7 @@ class Service:
             return False
         self.settings = merged
         self.prices = PriceTable.default().with_overrides(self.settings.prices)
+        self.engine.prices = self.prices
         for reconciler in self.reconcilers.values():
             reconciler.prices = self.prices
         if old.alerts != self.settings.alerts:

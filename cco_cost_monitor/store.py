@@ -76,6 +76,7 @@ from cco_cost_monitor.engine import (
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.pricing import Tier
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, CostBasis, Unattributed
+from cco_cost_monitor.rounding import tidy
 from cco_cost_monitor.wire import MAX_COST_USD, MAX_COUNT, MAX_TOKENS
 
 if TYPE_CHECKING:
@@ -2022,7 +2023,7 @@ class Store:
                 for row in rows:
                     record = convert(row)
                     if writer is None:
-                        out.write(orjson.dumps(record).decode() + "\n")
+                        out.write(orjson.dumps(tidy(record)).decode() + "\n")
                     else:
                         writer.writerow({key: _csv_value(value) for key, value in record.items()})
                     count += 1
@@ -2069,4 +2070,4 @@ def _csv_value(value: Any) -> Any:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return value
+    return tidy(value)

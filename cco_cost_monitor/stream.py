@@ -37,9 +37,9 @@ import anyio.to_thread
 import orjson
 from aiohttp import web
 
-from cco_cost_monitor.api import tidy
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.logs import get_logger
+from cco_cost_monitor.rounding import tidy
 
 if TYPE_CHECKING:
     from cco_cost_monitor.store import CommitResult, Store

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from cco_cost_monitor import __version__
@@ -22,6 +22,8 @@ __all__ = ["SourceView", "build_health", "build_summary", "health_status"]
 
 HealthStatus = Literal["pass", "warn", "fail"]
 PERIODS = ("this_hour", "today", "this_week", "this_month")
+# periods.last_5m: the trailing window of the 5-minute burn rate.
+LAST_5M_SECONDS = 300.0
 # A source is fresh while its last snapshot is younger than this many intervals.
 FRESH_INTERVALS = 3
 DISK_LAG_WARN_SECONDS = 5.0
@@ -213,7 +215,15 @@ def build_summary(
         name: sum((getattr(source, name) for source in engine.sources.values()), start)
         for name, start in TOTAL_FIELDS.items()
     }
-    periods = {}
+    start_5m = now - timedelta(seconds=LAST_5M_SECONDS)
+    periods: dict[str, dict[str, Any]] = {
+        "last_5m": {
+            "cost_usd": engine.window_cost(now, LAST_5M_SECONDS),
+            "requests": engine.window_requests(now, LAST_5M_SECONDS),
+            "start": start_5m.isoformat(),
+            "end": now.isoformat(),
+        }
+    }
     for period in PERIODS:
         cost, requests = engine.period_totals(now, period)
         start, end = engine.period_bounds(now, period)
@@ -223,6 +233,7 @@ def build_summary(
             "start": start.isoformat(),
             "end": end.isoformat(),
         }
+    savings = engine.cache_savings()
     sources = []
     for view in views:
         state = view.reconciler.state
@@ -255,6 +266,16 @@ def build_summary(
         "by_model": engine.by_model(),
         "unpriced_models": dict(engine.unpriced_models),
         "periods": periods,
+        "cache_savings_usd": savings,
+        "cache_savings_percent": (
+            savings / (savings + totals["cost_usd"]) * 100.0
+            if savings + totals["cost_usd"] > 0
+            else None
+        ),
+        "events_per_second": {
+            "1m": engine.events_per_second(now, 60),
+            "5m": engine.events_per_second(now, 300),
+        },
         "burn_rate_usd_per_hour": {
             "5m": engine.burn_rate(now, 300),
             "1h": engine.burn_rate(now, 3600),

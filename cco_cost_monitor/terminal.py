@@ -11,6 +11,7 @@ the daemon does not answer; ``report`` 1 when there is no database to read.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,9 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cco_cost_monitor.cli import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, _load, common_options
+from cco_cost_monitor.cli import (
+    EXIT_FAILURE,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    _load,
+    client_options,
+    location_options,
+)
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from cco_cost_monitor.client import DaemonClient
     from cco_cost_monitor.render import WatchFrame
 
@@ -48,11 +58,28 @@ def _client(loaded: Any, timeout: float) -> DaemonClient:
     return DaemonClient(daemon_url(loaded), token, timeout=timeout)
 
 
+# Width of the output written to a file or a pipe: rich's default of 80 columns cut the
+# tables' cells ("…"); the tables themselves stay as narrow as their content.
+PIPE_WIDTH = 200
+
+
+def _console() -> Console:
+    """A rich console; not cut to 80 columns when stdout is a file or a pipe.
+
+    ``COLUMNS`` still wins when set.
+    """
+    from rich.console import Console  # noqa: PLC0415
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=PIPE_WIDTH)
+
+
 # -- status ------------------------------------------------------------------------------
 
 
 @click.command()
-@common_options
+@client_options
 @click.option("--json", "as_json", is_flag=True, help="Print {running, pid, health, summary}.")
 @click.option(
     "--timeout",
@@ -69,7 +96,7 @@ def status(as_json: bool, timeout: float, **options: Any) -> None:
     from cco_cost_monitor.client import Unreachable  # noqa: PLC0415
     from cco_cost_monitor.pidlock import running_pid  # noqa: PLC0415
 
-    loaded, _ = _load(options)
+    loaded, _ = _load(options, lenient=True)
     settings = loaded.settings
     pid = running_pid(settings.pid_path)
     health: dict[str, Any] | None = None
@@ -95,11 +122,9 @@ def status(as_json: bool, timeout: float, **options: Any) -> None:
         }
         click.echo(json.dumps(document, indent=2))
     else:
-        from rich.console import Console  # noqa: PLC0415
-
         from cco_cost_monitor.render import status_view  # noqa: PLC0415
 
-        console = Console()
+        console = _console()
         console.print(
             status_view(
                 running=pid is not None,
@@ -194,7 +219,6 @@ def _wait_for_quit(seconds: float, keys: bool) -> bool:
     if not keys:
         time.sleep(seconds)
         return False
-    import os  # noqa: PLC0415
     import select  # noqa: PLC0415
 
     deadline = time.monotonic() + seconds
@@ -231,7 +255,7 @@ def _fetch(client: DaemonClient, frame: WatchFrame) -> None:
 
 
 @click.command()
-@common_options
+@client_options
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.1),
@@ -248,12 +272,11 @@ def watch(interval: float, wait: bool, once: bool, **options: Any) -> None:
 
     Press q (or Ctrl+C) to quit. Keeps running, and says so, while the daemon is away.
     """
-    from rich.console import Console  # noqa: PLC0415
     from rich.live import Live  # noqa: PLC0415
 
-    from cco_cost_monitor.render import WatchFrame, watch_view  # noqa: PLC0415
+    from cco_cost_monitor.render import WatchFrame, watch_document, watch_view  # noqa: PLC0415
 
-    loaded, _ = _load(options)
+    loaded, _ = _load(options, lenient=True)
     client = _client(loaded, timeout=max(0.2, min(interval, 2.0)))
     frame = WatchFrame(url=daemon_url(loaded), now=datetime.now(UTC))
     _fetch(client, frame)
@@ -264,9 +287,12 @@ def watch(interval: float, wait: bool, once: bool, **options: Any) -> None:
             err=True,
         )
         sys.exit(EXIT_FAILURE)
-    console = Console()
+    console = _console()
     if once:
-        console.print(watch_view(frame), height=console.height)
+        if console.is_terminal:
+            console.print(watch_view(frame), height=console.height)
+        else:
+            console.print(watch_document(frame))
         return
     import signal  # noqa: PLC0415
 
@@ -344,7 +370,7 @@ def _totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 @click.command()
-@common_options
+@location_options
 @click.option(
     "--since",
     default="7d",
@@ -363,7 +389,7 @@ def report(since: str, until: str, by: str, fmt: str, **options: Any) -> None:
     from cco_cost_monitor.errors import StoreError  # noqa: PLC0415
     from cco_cost_monitor.store import Store  # noqa: PLC0415
 
-    loaded, _ = _load(options)
+    loaded, _ = _load(options, lenient=True)
     settings = loaded.settings
     zone = settings.zone
     now = datetime.now(UTC)
@@ -387,8 +413,10 @@ def report(since: str, until: str, by: str, fmt: str, **options: Any) -> None:
     except StoreError as exc:
         click.echo(f"cco-monitor: {exc}", err=True)
         sys.exit(EXIT_FAILURE)
-    rows = report_rows(raw, by)
-    totals = _totals(rows)
+    from cco_cost_monitor.rounding import tidy  # noqa: PLC0415
+
+    rows = tidy(report_rows(raw, by))
+    totals = tidy(_totals(rows))
     if fmt == "json":
         import json  # noqa: PLC0415
 
@@ -423,7 +451,6 @@ def _print_report_table(
     end: datetime,
 ) -> None:
     from rich import box  # noqa: PLC0415
-    from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
     from cco_cost_monitor.render import count, money  # noqa: PLC0415
@@ -454,7 +481,7 @@ def _print_report_table(
         )
     if not rows:
         table.add_row("(no spend recorded in this range)", "", "", "", "", "")
-    Console().print(table)
+    _console().print(table)
 
 
 def commands() -> list[click.Command]:

@@ -34,11 +34,15 @@ def summary_doc(**overrides: Any) -> dict[str, Any]:
         },
         "by_model": {},
         "periods": {
+            "last_5m": {"cost_usd": 0.55, "requests": 9},
             "this_hour": {"cost_usd": 4.25, "requests": 77},
             "today": {"cost_usd": 42.5, "requests": 900},
             "this_month": {"cost_usd": 777.77, "requests": 40000},
         },
         "burn_rate_usd_per_hour": {"5m": 6.5, "1h": 5.25},
+        "cache_savings_usd": 4.5,
+        "cache_savings_percent": 3.52,
+        "events_per_second": {"1m": 4.25, "5m": 3.0},
         "projections": {
             "end_of_hour": {"cost_usd": 7.0, "low_usd": 6.0, "high_usd": 8.0},
             "end_of_day": {"cost_usd": 110.0, "low_usd": 95.5, "high_usd": 130.25},
@@ -140,7 +144,10 @@ def test_status_shows_periods_tiers_rates_projections_and_budgets() -> None:
     assert line_with(out, "today").split()[-2:] == ["$42.50", "900"]
     assert line_with(out, "this hour").split()[-2:] == ["$4.25", "77"]
     assert line_with(out, "this month").split()[-2:] == ["$777.77", "40,000"]
-    assert line_with(out, "since start").split()[-2:] == ["$123.46", "4,321"]
+    assert line_with(out, "since first contact").split()[-2:] == ["$123.46", "4,321"]
+    assert line_with(out, "last 5 min").split()[-2:] == ["$0.55", "9"]
+    assert line_with(out, "cache saved 3.5%").split()[-2:] == ["$4.50", "12"]
+    assert "· 4.2 events/s" in out
     assert line_with(out, "opus").split() == ["opus", "$90.00", "75%", "1,000", "2,500,000"]
     assert line_with(out, "sonnet").split() == ["sonnet", "$30.00", "25%", "3,000", "4,000,000"]
     assert line_with(out, "haiku").split() == ["haiku", "$0.0040", "0%", "321", "99,000"]
@@ -280,6 +287,7 @@ def watch_frame(**overrides: Any) -> render.WatchFrame:
         "events": [
             {
                 "occurred_at": "2025-11-17T18:30:14.123+00:00",
+                "event_type": "api_call",
                 "tier": "opus",
                 "model": "claude-opus-4-1",
                 "tokens": 12345,
@@ -304,12 +312,15 @@ def test_watch_frame_shows_everything() -> None:
     assert "opus" in out
     assert "$90.00" in out
     assert "peak $1.25/min · last 60 min $1.75" in out
+    assert "18:30:15 · 4.2 events/s" in out
+    assert "cache saved 3.5%" in out
     assert "█▄" in out
     assert "$95.50-$130.25" in out
     assert "85%" in out
     assert "39%" in out
     assert line_with(out, "claude-opus-4-1").split() == [
         "18:30:14",
+        "api_call",
         "opus",
         "claude-opus-4-1",
         "12,345",

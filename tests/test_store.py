@@ -29,6 +29,7 @@ from cco_cost_monitor.engine import Engine, bucket_start
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.pricing import PriceTable
 from cco_cost_monitor.reconciler import AccountedEvent, Accounting, Reconciler, Unattributed
+from cco_cost_monitor.rounding import tidy
 from cco_cost_monitor.store import (
     APPLICATION_ID,
     CHECK_FAIL,
@@ -809,7 +810,8 @@ def test_events_query_filters_by_time_and_source(store: Store) -> None:
 
 
 def test_export_jsonl_and_csv_parse_back(store: Store) -> None:
-    """db export writes events that load back exactly (jsonl) and a CSV with a header."""
+    """db export writes events that load back (jsonl; money to 10 decimals, like the API)
+    and a CSV with a header."""
     events = [
         make_event(i, T0 + timedelta(minutes=i), model=None if i == 2 else "m") for i in range(4)
     ]
@@ -817,7 +819,8 @@ def test_export_jsonl_and_csv_parse_back(store: Store) -> None:
     out = io.StringIO()
     assert store.export("events", "jsonl", out) == 4
     parsed = [AccountedEvent.from_dict(json.loads(line)) for line in out.getvalue().splitlines()]
-    assert parsed == events
+    assert parsed == [AccountedEvent.from_dict(tidy(event.as_dict())) for event in events]
+    assert parsed[0].calculated_cost_usd == 0.011  # not 0.011000000000000001
 
     out = io.StringIO()
     count = store.export("events", "csv", out, since=T0 + timedelta(minutes=1))
