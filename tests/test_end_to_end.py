@@ -205,7 +205,9 @@ def test_kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice(
             wait_until(lambda m=monitor: m.health()["connection_status"] == "connected")
             if round_no % 3 == 1:
                 sim.fault("burst", count=30)
-            if round_no == 4:
+            if round_no == 5:
+                # Not in a burst's round: a restart right after a gap settles the old run
+                # from its last, racing snapshot (a documented estimate, docs/accounting.md).
                 sim.fault("restart")
             time.sleep(rng.uniform(0.2, 1.2))
             monitor.kill9()
