@@ -42,6 +42,8 @@ COST_EPSILON = 1e-9
 #: Snapshots waiting to settle. At one per 5 s only two or three are ever kept; a burst of back-
 #: to-back snapshots is collapsed to its newest.
 PENDING_LIMIT = 64
+#: Distinct estimates of a restarted proxy's reloaded totals kept while voting.
+VOTE_LIMIT = 32
 
 Reason = Literal["gap", "restart_overflow", "restart_gap"]
 
@@ -129,6 +131,8 @@ class Settlement:
         # After a restart, while no event can have been missed since its first window: the
         # reloaded totals are tightened from settled snapshots, never above ``cap``.
         self.refining: bool = bool(state.get("refining", False))
+        # How often each estimate of the reloaded totals was seen (see _vote).
+        self.votes: dict[str, int] = dict(state.get("votes", {}))
         self.cap: tuple[int, float] | None = (
             (int(state["cap"][0]), float(state["cap"][1])) if state.get("cap") else None
         )
@@ -146,6 +150,7 @@ class Settlement:
             "anchor_unexplained_cost": self.anchor_unexplained_cost,
             "estimated": self.estimated,
             "refining": self.refining,
+            "votes": self.votes,
             "cap": list(self.cap) if self.cap else None,
             "loss": self.loss,
             "reason": self.reason,
@@ -188,6 +193,7 @@ class Settlement:
         self.anchor_unexplained_cost = unexplained_cost
         self.estimated = estimated
         self.refining = estimated
+        self.votes = {}
         self.cap = cap
         self.loss = loss
         self.reason = reason
@@ -215,6 +221,8 @@ class Settlement:
         """
         self.loss = self.loss or loss
         self.refining = self.refining and not loss
+        if self.refining:
+            self._vote(now)
         previous = self.previous
         self.previous = now
         quiet = (
@@ -234,8 +242,6 @@ class Settlement:
         if settled is not None:
             # The newest settled snapshot stays first: a later one may settle against it again.
             self.pending.insert(0, settled)
-            if self.refining:
-                self._refine(settled, now)
         self.pending.append(now)
         if len(self.pending) > PENDING_LIMIT:
             del self.pending[1]
@@ -244,29 +250,48 @@ class Settlement:
         return self._shortfall(settled, now, unexplained_requests, unexplained_cost)
 
     def _refine(self, settled: Counters, now: Counters) -> None:
-        """After a restart, while no event can have been missed: tighten the reloaded totals.
+        """Take the reloaded totals from a snapshot whose counters agree with the ring."""
+        anchor = self.anchor
+        if anchor is None:
+            return
+        self._set_anchor(
+            settled.calls - (now.seen_requests - anchor.seen_requests),
+            settled.cost - (now.seen_cost - anchor.seen_cost),
+            replace=True,
+        )
 
-        The counters of a settled snapshot, less every event seen since the restart, are a
-        lower bound of the reloaded totals (events seen after that snapshot's reads only make
-        it lower). The first window's ``totals - new events`` is one too, up to the requests
-        it showed ahead of its ``calls``; the largest bound is the estimate, exact as soon as
-        the counters caught up with the events once.
+    def _vote(self, now: Counters) -> None:
+        """After a restart, while no event can have been missed: estimate the reloaded totals.
+
+        Each snapshot's ``counters - events seen since the restart`` is the reloaded total,
+        less the requests it shows ahead of its ``calls`` (the common race), plus any it
+        counts whose events are not in the ring yet (the rare one). A snapshot with nothing in
+        flight gives the exact value, and most do: the value seen most often is the estimate
+        (the first window's alone to begin with).
         """
         anchor = self.anchor
         if anchor is None:
             return
-        calls = settled.calls - (now.seen_requests - anchor.seen_requests)
-        cost = settled.cost - (now.seen_cost - anchor.seen_cost)
-        if calls > anchor.calls or cost > anchor.cost + COST_EPSILON:
-            self.anchor = Counters(
-                max(calls, anchor.calls),
-                max(cost, anchor.cost),
-                anchor.seen_requests,
-                anchor.seen_cost,
-                anchor.observed,
-                anchor.proxy_time,
-            )
-            self._bound()
+        calls = now.calls - (now.seen_requests - anchor.seen_requests)
+        cost = now.cost - (now.seen_cost - anchor.seen_cost)
+        key = f"{calls}|{cost:.9f}"
+        self.votes[key] = self.votes.get(key, 0) + 1
+        if len(self.votes) > VOTE_LIMIT:
+            del self.votes[min(self.votes, key=self.votes.__getitem__)]
+        best = max(self.votes.items(), key=lambda item: (item[1], -float(item[0].split("|")[0])))
+        best_calls, best_cost = best[0].split("|")
+        self._set_anchor(int(best_calls), float(best_cost), replace=True)
+
+    def _set_anchor(self, calls: int, cost: float, *, replace: bool = False) -> None:
+        anchor = self.anchor
+        if anchor is None:
+            return
+        if not replace:
+            calls, cost = max(calls, anchor.calls), max(cost, anchor.cost)
+        self.anchor = Counters(
+            calls, cost, anchor.seen_requests, anchor.seen_cost, anchor.observed, anchor.proxy_time
+        )
+        self._bound()
 
     def _bound(self) -> None:
         """Reloaded totals are never negative, and never above the cap (when there is one)."""
