@@ -42,8 +42,8 @@ def redact_url(url: str) -> str:
         user, has_password, _ = userinfo.partition(":")
         netloc = f"{user}:{MASK}@{hostinfo}" if has_password else f"{user}@{hostinfo}"
     query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(SECRET_KEY.search(key) for key, _ in pairs):
         query = "&".join(
             f"{quote(key, safe='')}={MASK if SECRET_KEY.search(key) else quote(value, safe='')}"
             for key, value in pairs

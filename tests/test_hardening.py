@@ -406,6 +406,8 @@ def test_redact_url_hides_passwords_and_token_query_values() -> None:
         == "https://bob:***@proxy.example:8443/api/stream?token=***&page=2&api_key=***&sig=***"
     )
     assert redact_url("http://127.0.0.1:3000/api/stream") == "http://127.0.0.1:3000/api/stream"
+    harmless = "http://127.0.0.1:3000/api/streams/subscribe?a=b+c&flag"
+    assert redact_url(harmless) == harmless
     assert origin_only("https://hooks.example/services/T000/B000/XXXX?x=1") == (
         "https://hooks.example"
     )
