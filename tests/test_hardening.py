@@ -671,3 +671,19 @@ def test_slow_clients_are_cut_off_and_health_stays_reachable(
             attacker.join(15)
             for sock in slow:
                 sock.close()
+
+
+def test_reload_refuses_a_config_file_made_writable_by_others(tmp_path: Path) -> None:
+    """A config.toml turned 0666 while running is refused on reload; the old one is kept."""
+    config = tmp_path / "config.toml"
+    config.write_text("[budgets]\ndaily_usd = 10\n")
+    flags = {"config": str(config), "state_dir": str(tmp_path / "s")}
+    service = Service(load_settings(flags).settings, flags=flags)
+    config.write_text('[budgets]\ndaily_usd = 20\n[alerts]\ncommand = "touch /nonexistent/x"\n')
+    config.chmod(0o666)
+    assert not service.reload()
+    assert service.settings.budgets.daily_usd == 10
+    assert service.settings.alerts.command is None
+    config.chmod(0o600)
+    assert service.reload()
+    assert service.settings.budgets.daily_usd == 20
