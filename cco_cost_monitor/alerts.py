@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
 import random
 import shlex
 import subprocess
@@ -35,6 +34,7 @@ import orjson
 from cco_cost_monitor.budgets import Alert, AlertKind
 from cco_cost_monitor.config import AlertSettings
 from cco_cost_monitor.logs import get_logger
+from cco_cost_monitor.redact import child_environment
 from cco_cost_monitor.rounding import tidy
 
 __all__ = ["SIGNATURE_HEADER", "AlertDispatcher", "sign"]
@@ -265,7 +265,8 @@ class AlertDispatcher:
     async def _command(self, body: bytes, alert: Alert) -> bool:
         command = self.settings.command
         assert command is not None
-        env = dict(os.environ)
+        # Not the daemon's secrets (health token, source tokens in CCO_MONITOR_*).
+        env = child_environment()
         env.update(
             {
                 "CCO_ALERT_KIND": alert.kind,

@@ -8,6 +8,13 @@ When ``health_token`` is set, every request except those in :data:`PUBLIC_PATHS`
 each request, so a ``reload`` that changes it takes effect at once. The token never
 appears in a response or a log line.
 
+On a loopback bind the ``Host`` header must name the bound address, ``localhost`` or an
+entry of ``allowed_hosts`` (any port): a page on another site that points a domain of
+its own at 127.0.0.1 (DNS rebinding) makes the browser send that domain as ``Host`` and
+gets ``421`` with no data. Without this, such a page is same-origin with the monitor and
+can read the user's spend. A request without ``Host`` (HTTP/1.0 tools) is answered: a
+browser always sends one. On any other bind the token guards the API instead.
+
 Every response, including errors, carries defensive headers (``nosniff``, no
 framing, no referrer, a restrictive Content-Security-Policy). No CORS header is ever
 sent: browsers on other origins cannot read anything from the monitor.
@@ -16,7 +23,7 @@ sent: browsers on other origins cannot read anything from the monitor.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -25,7 +32,14 @@ from aiohttp.typedefs import Handler
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-__all__ = ["PUBLIC_PATHS", "install", "make_auth_middleware", "token_matches"]
+__all__ = [
+    "PUBLIC_PATHS",
+    "host_allowed",
+    "install",
+    "make_auth_middleware",
+    "make_host_middleware",
+    "token_matches",
+]
 
 PUBLIC_PATHS = frozenset({"/livez"})
 # The dashboard loads its script and style from the same origin and fetches the JSON API
@@ -42,6 +56,52 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 TokenGetter = Callable[[], "SecretStr | None"]
+#: ``(bound host, extra allowed hosts)``, or ``None`` when no Host check applies.
+HostsGetter = Callable[[], "tuple[str, Sequence[str]] | None"]
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host_name(header: str) -> str:
+    """The name in a ``Host`` header, without port, brackets or a trailing dot, lowercased."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+def host_allowed(header: str | None, bound: str, extra: Sequence[str]) -> bool:
+    """Whether a request with this ``Host`` may be answered on a loopback bind."""
+    if header is None:
+        return True
+    if "*" in extra:
+        return True
+    name = _host_name(header)
+    allowed = {"localhost", bound.lower(), *extra}
+    if bound == "localhost":
+        allowed |= LOOPBACK_NAMES
+    return name in allowed
+
+
+def make_host_middleware(get_hosts: HostsGetter) -> Callable[[web.Request, Handler], object]:
+    """A middleware answering 421 to a ``Host`` that does not name this server."""
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        hosts = get_hosts()
+        if hosts is not None and not host_allowed(request.headers.get("Host"), *hosts):
+            return web.Response(
+                status=421,
+                text=(
+                    "misdirected request: this monitor answers only Host names of its own "
+                    "address or localhost (add others to allowed_hosts)\n"
+                ),
+                headers={"Cache-Control": "no-store"},
+            )
+        return await handler(request)
+
+    return check_host
 
 
 def token_matches(header: str | None, expected: str) -> bool:
@@ -88,7 +148,11 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
             del response.headers[name]
 
 
-def install(app: web.Application, get_token: TokenGetter) -> None:
-    """Put the token check first in ``app``'s middlewares and add the headers."""
+def install(
+    app: web.Application, get_token: TokenGetter, get_hosts: HostsGetter | None = None
+) -> None:
+    """Put the Host and token checks first in ``app``'s middlewares and add the headers."""
     app.middlewares.insert(0, make_auth_middleware(get_token))  # type: ignore[arg-type]
+    if get_hosts is not None:
+        app.middlewares.insert(0, make_host_middleware(get_hosts))  # type: ignore[arg-type]
     app.on_response_prepare.append(_security_headers)

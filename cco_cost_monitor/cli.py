@@ -12,6 +12,7 @@ Exit statuses follow the LSB conventions of the contract: 0 success, 1 failure,
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,10 @@ def _option_table(hidden: bool = False) -> dict[str, Callable[[F], F]]:
             "--source-token",
             "source_token",
             metavar="TOKEN",
-            help="Bearer token sent to every --source given on the command line.",
+            help=(
+                "Bearer token sent to every --source given on the command line "
+                "(prefer $CCO_MONITOR_SOURCE_TOKEN: flags are visible to every local user)."
+            ),
             hidden=hidden,
         ),
         click.option(
@@ -61,7 +65,13 @@ def _option_table(hidden: bool = False) -> dict[str, Callable[[F], F]]:
             "--health-port", type=int, help="Port of the HTTP server (default 8081).", hidden=hidden
         ),
         click.option(
-            "--health-token", help="Bearer token required by the HTTP server.", hidden=hidden
+            "--health-token",
+            help=(
+                "Bearer token required by the HTTP server, 16+ characters (prefer "
+                "$CCO_MONITOR_HEALTH_TOKEN or the config file: flags are visible to "
+                "every local user; start moves it out of its argv)."
+            ),
+            hidden=hidden,
         ),
         click.option(
             "--allow-unauthenticated",
@@ -134,6 +144,9 @@ def flags_from(options: dict[str, Any]) -> dict[str, Any]:
     flags = {key: value for key, value in options.items() if value not in (None, ())}
     sources = flags.pop("sources", None)
     token = flags.pop("source_token", None)
+    if token is None and sources:
+        # Where `start` moves --source-token before it re-executes itself (see below).
+        token = os.environ.get(SOURCE_TOKEN_ENV) or None
     if sources:
         specs: list[dict[str, Any]] = []
         for index, raw in enumerate(sources):
@@ -150,6 +163,49 @@ def flags_from(options: dict[str, Any]) -> dict[str, Any]:
     elif token:
         raise click.UsageError("--source-token needs --source")
     return flags
+
+
+#: Flags whose value is a secret, and the environment variable each one is moved to.
+SOURCE_TOKEN_ENV = "CCO_MONITOR_SOURCE_TOKEN"  # noqa: S105  (a variable name)
+SECRET_FLAGS = {"--health-token": "CCO_MONITOR_HEALTH_TOKEN", "--source-token": SOURCE_TOKEN_ENV}
+
+
+def without_secret_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``argv`` without ``--health-token``/``--source-token``, and their values by env name."""
+    clean: list[str] = []
+    moved: dict[str, str] = {}
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        name, equals, value = arg.partition("=")
+        if arg == "--":
+            clean.extend(argv[index:])
+            break
+        if name in SECRET_FLAGS and equals:
+            moved[SECRET_FLAGS[name]] = value
+        elif arg in SECRET_FLAGS and index + 1 < len(argv):
+            moved[SECRET_FLAGS[arg]] = argv[index + 1]
+            index += 1
+        else:
+            clean.append(arg)
+        index += 1
+    return clean, moved
+
+
+def reexec_without_secrets() -> None:
+    """Run this command again with its token flags moved into the environment.
+
+    ``/proc/<pid>/cmdline`` is readable by every local user for the daemon's whole life;
+    ``/proc/<pid>/environ`` only by its owner. Nothing happens when no token flag is in
+    ``sys.argv`` (nor under click's test runner, whose arguments are not in ``sys.argv``).
+    """
+    clean, moved = without_secret_flags(sys.argv[1:])
+    if not moved:
+        return
+    env = {**os.environ, **moved}
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "cco_cost_monitor", *clean], env)  # noqa: S606
 
 
 def _load(options: dict[str, Any], *, lenient: bool = False) -> tuple[Any, dict[str, Any]]:
@@ -248,6 +304,8 @@ def start(foreground: bool, **options: Any) -> None:
     from cco_cost_monitor.logs import configure_logging  # noqa: PLC0415
 
     loaded, flags = _load(options)
+    # Checked as flags first (errors name the command line), then out of our argv.
+    reexec_without_secrets()
     settings = loaded.settings
     # A reload re-reads the settings from these flags, after daemonizing into "/": pin
     # the paths the user gave relative to where they typed the command.
@@ -355,6 +413,7 @@ def restart(ctx: click.Context, /, timeout: float, **options: Any) -> None:
         )
         sys.exit(EXIT_FAILURE)
     loaded, _ = _load(options)
+    reexec_without_secrets()
     outcome = daemon.stop(loaded.settings.pid_path, timeout=timeout)
     click.echo(outcome.message)
     if outcome.exit_code != 0:

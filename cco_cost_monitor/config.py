@@ -11,6 +11,7 @@ the layer.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from cco_cost_monitor.errors import ConfigError
 
+#: Shortest accepted ``health_token``: 16 characters (e.g. 64 bits as hex) is out of reach of
+#: guessing over HTTP; empty or short tokens are refused as a configuration error.
+MIN_TOKEN_LENGTH = 16
 DEFAULT_SOURCE_URL = "http://127.0.0.1:3000/api/stream"
 ENV_PREFIX = "CCO_MONITOR_"
 Layer = Literal["default", "file", "env", "flag"]
@@ -187,6 +191,11 @@ class Settings(BaseSettings):
     health_port: int = Field(default=8081, ge=0, le=65535)
     health_token: SecretStr | None = None
     allow_unauthenticated: bool = False
+    # Host header values answered on a loopback bind besides the bound address and
+    # localhost (DNS rebinding guard); "*" answers any.
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=64)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    http_max_connections: int = Field(default=256, ge=8, le=65536)
     state_dir: Path = Field(default_factory=default_state_dir)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -248,6 +257,36 @@ class Settings(BaseSettings):
                 raise ValueError("at least one source is needed")
             return specs
         return value
+
+    @field_validator("health_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_LENGTH} characters (it has {len(secret)}); "
+                "generate one with: openssl rand -hex 16"
+            )
+        if not all("!" <= char <= "~" for char in secret):
+            raise ValueError("must be printable ASCII without spaces")
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _plain_hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if host != "*" and not re.fullmatch(r"[A-Za-z0-9.:_\[\]-]{1,253}", host):
+                raise ValueError(f"not a host name or address: {host!r}")
+        return [host.lower() for host in value]
 
     @field_validator("prices")
     @classmethod
@@ -362,6 +401,9 @@ def _env_values() -> dict[str, Any]:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    from cco_cost_monitor.statedir import check_config_file  # noqa: PLC0415
+
+    check_config_file(path)
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -494,5 +536,17 @@ def load_client_settings(
 
 
 def redacted_view(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data with every secret replaced by ``'**********'``."""
-    return settings.model_dump(mode="json")
+    """The settings as plain data with every secret replaced by ``'**********'``.
+
+    Source URLs lose their password and credential-like query values; the webhook URL is
+    shown as its origin only (its path and query are often the secret itself).
+    """
+    from cco_cost_monitor.redact import origin_only, redact_url  # noqa: PLC0415
+
+    values = settings.model_dump(mode="json")
+    for source in values.get("sources", []):
+        source["url"] = redact_url(source["url"])
+    alerts = values.get("alerts") or {}
+    if alerts.get("webhook_url"):
+        alerts["webhook_url"] = origin_only(alerts["webhook_url"])
+    return values

@@ -231,7 +231,7 @@ def _signal_map() -> dict[int, object]:
 
 
 def _detach(handshake_fd: int) -> None:
-    """Stdio to /dev/null, then python-daemon: umask 022, cwd /, double fork, new session."""
+    """Stdio to /dev/null, then python-daemon: umask 077, cwd /, double fork, new session."""
     null_fd = os.open(os.devnull, os.O_RDWR)
     for std_fd in (0, 1, 2):
         os.dup2(null_fd, std_fd)
@@ -242,7 +242,8 @@ def _detach(handshake_fd: int) -> None:
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
     context = python_daemon.DaemonContext(
-        umask=0o022,
+        # Every file the daemon creates is private (0600, directories 0700).
+        umask=0o077,
         working_directory="/",
         detach_process=True,
         prevent_core=True,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from cco_cost_monitor import auth, dashboard, stream
+from cco_cost_monitor.config import is_loopback
 from cco_cost_monitor.metrics import metrics_handler
 
 if TYPE_CHECKING:
@@ -28,7 +29,13 @@ def install(app: web.Application, service: Service) -> None:
         # Read on each request: a reload that sets or changes the token applies at once.
         return service.settings.health_token
 
-    auth.install(app, current_token)
+    def current_hosts() -> tuple[str, list[str]] | None:
+        settings = service.settings
+        if not is_loopback(settings.health_host):
+            return None  # reached by other names on purpose; the token guards it
+        return settings.health_host, settings.allowed_hosts
+
+    auth.install(app, current_token, current_hosts)
     app.router.add_get("/metrics", metrics_handler(service))
     dashboard.install(app)
     hub = stream.StreamHub(lambda: service.store)

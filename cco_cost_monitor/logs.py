@@ -47,8 +47,12 @@ def configure_logging(
     """Route structlog and stdlib logging to ``log_file`` or ``stream`` (stderr)."""
     output: TextIO
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        output = log_file.open("a", encoding="utf-8", buffering=1)
+        from cco_cost_monitor.statedir import PRIVATE_DIR_MODE, open_private  # noqa: PLC0415
+
+        log_file.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        # 0600 and never through a symlink planted in the state dir.
+        fd = open_private(log_file, os.O_WRONLY | os.O_APPEND)
+        output = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
     else:
         output = stream or sys.stderr
     json_output = wants_json(log_format, output)

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Self
 
 from cco_cost_monitor.errors import AlreadyRunning
+from cco_cost_monitor.statedir import open_private
 
 __all__ = ["PidLock", "lock_held", "running_pid"]
 
@@ -59,7 +60,8 @@ class PidLock:
         """
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # 0600, and never through a symlink planted in the state dir (O_NOFOLLOW: ELOOP).
+        fd = open_private(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

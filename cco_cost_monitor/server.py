@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from cco_cost_monitor import __version__, lean, sdnotify
+from cco_cost_monitor import __version__, lean, sdnotify, statedir
 from cco_cost_monitor.alerts import AlertDispatcher
 from cco_cost_monitor.api import make_app
 from cco_cost_monitor.budgets import AlertTracker, evaluate
@@ -38,6 +38,7 @@ from cco_cost_monitor.client import RUNTIME_FILE
 from cco_cost_monitor.config import Settings, SourceSpec, load_settings
 from cco_cost_monitor.engine import BucketKind, Engine, PruneClock
 from cco_cost_monitor.errors import ConfigError, StartupError
+from cco_cost_monitor.httpguard import BACKLOG, ConnectionGuard, connection_limit
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.pidlock import PidLock
 from cco_cost_monitor.pricing import PriceTable
@@ -62,6 +63,7 @@ LIVE_SETTINGS = frozenset(
         "log_level",
         "health_token",
         "allow_unauthenticated",
+        "allowed_hosts",
     }
 )
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
@@ -340,9 +342,28 @@ class Service:
 
 
 async def _start_site(app: web.Application, settings: Settings) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    guard = ConnectionGuard(
+        connection_limit(settings.http_max_connections), settings.http_header_timeout_seconds
+    )
+    app.middlewares.insert(0, guard.middleware)
+    app.on_cleanup.append(lambda _: _close_guard(guard))
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        # aiohttp's own idle timer (75 s by default in old versions, an hour in new ones).
+        keepalive_timeout=settings.http_header_timeout_seconds,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, settings.health_host, settings.health_port, reuse_address=True)
+    assert runner.server is not None
+    guard.attach(runner.server)
+    site = web.TCPSite(
+        runner,
+        settings.health_host,
+        settings.health_port,
+        reuse_address=True,
+        backlog=BACKLOG,
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -363,6 +384,10 @@ async def _start_site(app: web.Application, settings: Settings) -> tuple[web.App
     return runner, port
 
 
+async def _close_guard(guard: ConnectionGuard) -> None:
+    guard.close()
+
+
 async def serve(service: Service, on_ready: Callable[[], None] | None = None) -> int:
     """Run ``service`` until SIGTERM/SIGINT. Returns the process exit status."""
     settings = service.settings
@@ -370,12 +395,16 @@ async def serve(service: Service, on_ready: Callable[[], None] | None = None) ->
     with anyio.open_signal_receiver(
         signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1
     ) as signals:
+        # Whatever this process creates from here on is private (0600 files, 0700 dirs).
+        os.umask(0o077)
         try:
             settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StartupError(
                 f"state dir {settings.state_dir} is unusable: {exc.strerror}"
             ) from None
+        statedir.check_state_dir(settings.state_dir)
+        statedir.check_database_path(settings.db_path)
         lock = PidLock(settings.pid_path)
         lock.acquire()
         try:
@@ -441,7 +470,9 @@ def _announce(settings: Settings, port: int) -> None:
     """Write ``<state dir>/daemon.json`` so that clients find the bound port.
 
     Written atomically after the port is bound; holds no secret. The PID lock, not this
-    file, says whether the daemon runs: a stale file only points at a dead port.
+    file, says whether the daemon runs: a stale file only points at a dead port. The
+    scratch file is always a new 0600 file (``O_EXCL | O_NOFOLLOW``): a link planted in
+    its place is removed, never written through.
     """
     host = settings.health_host
     # A wildcard bind is reached on loopback by the local clients that read this file.
@@ -456,8 +487,14 @@ def _announce(settings: Settings, port: int) -> None:
     target = settings.state_dir / RUNTIME_FILE
     scratch = target.with_suffix(".json.tmp")
     try:
-        scratch.write_bytes(orjson.dumps(document))
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()  # left by a crash, or planted: unlink removes a link, not its target
+        fd = statedir.open_private(scratch, os.O_WRONLY, exclusive=True)
+        with open(fd, "wb") as handle:
+            handle.write(orjson.dumps(document))
         scratch.replace(target)
+    except StartupError as exc:
+        log.warning("could not write the runtime file", path=str(target), error=str(exc))
     except OSError as exc:
         log.warning("could not write the runtime file", path=str(target), error=exc.strerror)
 

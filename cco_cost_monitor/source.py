@@ -30,6 +30,7 @@ from cco_cost_monitor.config import Settings, SourceSpec
 from cco_cost_monitor.errors import WireError
 from cco_cost_monitor.formats import SNAPSHOT_FRAMES
 from cco_cost_monitor.logs import get_logger
+from cco_cost_monitor.redact import redact_url
 from cco_cost_monitor.wire import Frame, parse_frame
 
 __all__ = ["Backoff", "ConnectionState", "LineLimiter", "SseSource"]
@@ -293,7 +294,7 @@ class SseSource:
                 state.connections += 1
                 state.connected_at = datetime.now(UTC)
                 state.move("connected", None)
-                self.log.info("connected", url=self.spec.url)
+                self.log.info("connected", url=redact_url(self.spec.url))
                 healthy_since = connected_since = time.monotonic()
                 yielded_at = time.monotonic()
                 async for sse in source.aiter_sse():

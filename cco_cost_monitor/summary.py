@@ -16,6 +16,7 @@ from cco_cost_monitor import __version__
 from cco_cost_monitor.config import SourceSpec
 from cco_cost_monitor.engine import Engine
 from cco_cost_monitor.reconciler import PROXY_WINDOW, Reconciler
+from cco_cost_monitor.redact import redact_url
 from cco_cost_monitor.source import ConnectionState
 
 __all__ = ["SourceView", "build_health", "build_summary", "health_status"]
@@ -146,7 +147,7 @@ def build_health(
         sources.append(
             {
                 "name": view.spec.name,
-                "url": view.spec.url,
+                "url": redact_url(view.spec.url),
                 "status": status,
                 "connection_status": connection.status,
                 "reason": connection.reason,
@@ -240,7 +241,7 @@ def build_summary(
         sources.append(
             {
                 "name": view.spec.name,
-                "url": view.spec.url,
+                "url": redact_url(view.spec.url),
                 "kind": view.spec.effective_kind,
                 "connection_status": view.connection.status,
                 "reason": view.connection.reason,

@@ -35,6 +35,16 @@ def isolated_environment(
             monkeypatch.delenv(name)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests create state dirs with plain ``mkdir()``: never group/other-writable ones.
+
+    The daemon refuses such a state dir (and config file). Under a umask like 002 the
+    tests' own directories would be 0775, so the umask is tightened to at least 022.
+    """
+    current = os.umask(0o022)
+    os.umask(current | 0o022)
+
+
 def free_port() -> int:
     """An unused TCP port on 127.0.0.1."""
     with socket.socket() as sock:

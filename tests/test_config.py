@@ -80,7 +80,7 @@ def test_non_loopback_host_needs_a_token() -> None:
     """Binding off loopback without a token or explicit opt-out is refused."""
     with pytest.raises(ConfigError, match="health_token"):
         load_settings({"health_host": "0.0.0.0"})
-    assert load_settings({"health_host": "0.0.0.0", "health_token": "t"}).settings.health_token
+    assert load_settings({"health_host": "0.0.0.0", "health_token": "t" * 16}).settings.health_token
 
 
 @pytest.mark.parametrize(

@@ -143,7 +143,7 @@ def test_start_detaches_and_reports_ready(state: Path) -> None:
     assert info["sid"] != os.getsid(0)
     assert info["tty"] == "0"
     assert info["cwd"] == "/"
-    assert info["umask"] == 0o022
+    assert info["umask"] == 0o077  # every file the daemon creates is private
     assert info["default_term"] is True
     assert info["ignored"] == [True, True]
     assert set(info["stdio"].values()) == {os.devnull}

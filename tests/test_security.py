@@ -123,7 +123,7 @@ def test_non_loopback_needs_a_token() -> None:
 
 
 SOURCE_SECRET = "SECRET123"
-HEALTH_SECRET = "HEALTHSECRET456"
+HEALTH_SECRET = "HEALTHSECRET4567"
 
 
 @pytest.mark.slow

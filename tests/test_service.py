@@ -55,7 +55,7 @@ def test_a_broken_reload_keeps_the_running_configuration(tmp_path: Path) -> None
 def test_reload_cannot_leave_a_non_loopback_bind_without_a_token(tmp_path: Path) -> None:
     """Dropping the token while the bound host (restart-only) stays public is rejected."""
     config = tmp_path / "config.toml"
-    write(config, "health_host = '0.0.0.0'\nhealth_token = 'secret-token'\n")
+    write(config, "health_host = '0.0.0.0'\nhealth_token = 'secret-token-0123456'\n")
     flags = {"config": str(config), "state_dir": str(tmp_path / "s")}
     service = Service(load_settings(flags).settings, flags=flags)
     write(config, "health_host = '127.0.0.1'\n")

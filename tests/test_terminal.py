@@ -142,13 +142,18 @@ def test_status_running_but_http_silent(home: Path) -> None:
 
 def test_status_sends_the_bearer_token(home: Path) -> None:
     """--health-token reaches the daemon as a bearer token."""
-    with PidLock(home / "daemon.pid"), FakeDaemon(token="s3cret") as fake:
+    with PidLock(home / "daemon.pid"), FakeDaemon(token="s3cret-s3cret-s3cret") as fake:
         result = invoke(
-            "status", "--json", "--health-port", str(fake.port), "--health-token", "s3cret"
+            "status",
+            "--json",
+            "--health-port",
+            str(fake.port),
+            "--health-token",
+            "s3cret-s3cret-s3cret",
         )
     assert result.exit_code == 0
     assert json.loads(result.output)["summary"] is not None
-    assert ("/health", "Bearer s3cret") in fake.requests
+    assert ("/health", "Bearer s3cret-s3cret-s3cret") in fake.requests
 
 
 # -- client and statusline ---------------------------------------------------------------

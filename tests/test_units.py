@@ -138,6 +138,17 @@ def test_unit_lifecycle_settings(unit: Path) -> None:
     assert service["NoNewPrivileges"] == "yes"
 
 
+@pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT], ids=["system", "user"])
+def test_unit_descriptor_limit_fits_the_http_connection_cap(unit: Path) -> None:
+    """LimitNOFILE is set, and under it the default connection cap is not lowered."""
+    from cco_cost_monitor.config import Settings
+    from cco_cost_monitor.httpguard import BACKLOG, RESERVED_DESCRIPTORS
+
+    limit = int(_service(unit)["LimitNOFILE"])
+    default_cap = Settings.model_fields["http_max_connections"].default
+    assert (limit - RESERVED_DESCRIPTORS - 2 * BACKLOG) // 2 >= default_cap
+
+
 def test_system_unit_hardening() -> None:
     """The system unit runs as a dynamic user in a read-only OS with its own state directory."""
     service = _service(SYSTEM_UNIT)
