@@ -161,8 +161,9 @@ def profile(pid: int, seconds: int, out: Path) -> None:
     if exe is None:
         print("   (py-spy not installed next to this Python: no profile)")
         return
+    command = [exe, "record", "-p", str(pid), "-d", str(seconds), "-r", "100", "--gil"]
     subprocess.run(
-        [exe, "record", "-p", str(pid), "-d", str(seconds), "-r", "100", "-f", "raw", "-o", str(out)],
+        [*command, "-f", "raw", "-o", str(out)],
         capture_output=True,
         check=False,
     )
@@ -227,9 +228,7 @@ def main() -> None:
             )
             poller.start()
             time.sleep(args.settle)
-            print(
-                f"   daemon pid {monitor.pid}; RSS after settling {rss_mb(monitor.pid):.1f} MiB"
-            )
+            print(f"   daemon pid {monitor.pid}; RSS after settling {rss_mb(monitor.pid):.1f} MiB")
             print(
                 "   window  CPU-s  CPU-s/h  main/other threads  RSS MiB  events snaps"
                 "  client: calls CPU-ms/call wall-ms/call CPU-s/h"
@@ -318,9 +317,11 @@ def report(windows: list[Window], health: dict[str, Any], line: str, args: Any) 
         )
     print(f"   failed polls and client calls: {failures}")
     if args.json is not None:
-        args.json.write_text(
-            json.dumps({"args": vars(args) | {"json": str(args.json)}, "windows": [asdict(w) for w in windows]}, indent=1)
-        )
+        document = {
+            "args": vars(args) | {"json": str(args.json)},
+            "windows": [asdict(w) for w in windows],
+        }
+        args.json.write_text(json.dumps(document, indent=1))
 
 
 if __name__ == "__main__":
