@@ -19,15 +19,22 @@ events and snapshots it processed, and the client's CPU and wall time per call a
 Targets: <= 3 CPU-s/h in every window (0.083 % of a core), the last window within 20 % of
 the first, RSS flat within 5 % (max/min over the window ends after the first).
 
+``--history-days N`` first writes N days of past usage into the state dir, through the
+daemon's own store (``Store.commit_batch``: the event rows, and the engine state with their
+buckets, as the daemon itself would have saved them), at the same rate (one request per
+``1/--rate`` s, Claude Code's models): the daemon then starts with that history, as after
+weeks of use (``--history-days 30`` is the issue's "month of history").
+
 ``--profile SECONDS`` records the daemon with py-spy (if installed next to this Python) for
 that long at the start of the last window and prints the top functions.
 
-Usage: python bench/bench_soak.py --minutes 30 [--window 5] [--json result.json]
+Usage: python bench/bench_soak.py --minutes 30 [--window 5] [--history-days 30] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -37,10 +44,15 @@ import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from common import Monitor, Simulator, banner, cpu_seconds, rss_mb, temp_dir, verdict
+
+from cco_cost_monitor.engine import Engine
+from cco_cost_monitor.reconciler import AccountedEvent, Accounting
+from cco_cost_monitor.store import Batch, Store
 
 TARGET_CPU_S_PER_H = 3.0
 TARGET_DRIFT = 0.20
@@ -92,6 +104,53 @@ class Window:
     client_cpu_s_per_h: float
     http_polls: int
     http_failures: int
+
+
+HISTORY_MODELS = (
+    ("claude-sonnet-4-5-20250929", "sonnet", 0.021),
+    ("claude-opus-4-5-20251101", "opus", 0.074),
+    ("claude-haiku-4-5-20251001", "haiku", 0.004),
+)
+
+
+def seed_history(state_dir: Path, days: float, rate: float) -> int:
+    """``days`` of past requests (one per ``1/rate`` s) saved as the daemon saves them."""
+    now = datetime.now(UTC)
+    step = timedelta(seconds=1 / rate)
+    at = now - timedelta(days=days)
+    engine = Engine()
+    results: list[Accounting] = []
+    events: list[AccountedEvent] = []
+    count = 0
+    while at < now - timedelta(minutes=5):
+        model, tier, cost = HISTORY_MODELS[count % 3]
+        key = hashlib.blake2b(f"history-{count}".encode(), digest_size=12).hexdigest()
+        events.append(
+            AccountedEvent(
+                "default", key, at, "api_call", model, tier, 1, 0, 2400, None, None, 900,
+                "success", cost, cost, cost, "recorded", True, "history",
+            )
+        )  # fmt: skip
+        count += 1
+        at += step
+        if len(events) == 20:
+            results.append(Accounting("default", at, tuple(events)))
+            events = []
+    if events:
+        results.append(Accounting("default", at, tuple(events)))
+    for result in results:
+        engine.record(result)
+    engine.prune(now)
+    store = Store.open(state_dir / "monitor.db")
+    try:
+        for index in range(0, len(results), 50):
+            last = index + 50 >= len(results)
+            store.commit_batch(
+                Batch(results[index : index + 50], engine=engine.to_dict() if last else None)
+            )
+    finally:
+        store.close()
+    return count
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -192,11 +251,12 @@ def main() -> None:
     parser.add_argument("--rate", default="0.1", help="requests per second")
     parser.add_argument("--poll", type=float, default=10.0, help="status-bar period, s")
     parser.add_argument("--profile", type=int, default=0, help="py-spy seconds (last window)")
+    parser.add_argument("--history-days", type=float, default=0.0, help="past usage to seed")
     parser.add_argument("--json", type=Path, help="also write the windows here")
     args = parser.parse_args()
     banner(
         f"soak: {args.minutes:g} min, snapshot every {args.interval} s, {args.rate} requests/s, "
-        f"status bar every {args.poll:g} s"
+        f"status bar every {args.poll:g} s, {args.history_days:g} days of history"
     )
     script = shutil.which("cco-monitor", path=str(Path(sys.executable).parent))
     if script is None:
@@ -220,6 +280,10 @@ def main() -> None:
         poller: threading.Thread | None = None
         windows: list[Window] = []
         try:
+            if args.history_days > 0:
+                (work / "state").mkdir(mode=0o700)
+                seeded = seed_history(work / "state", args.history_days, float(args.rate))
+                print(f"   history: {seeded:,} requests over {args.history_days:g} days")
             monitor = Monitor(work / "state", [sim.stream_url])
             monitor.wait_connected(timeout=30)
             cost = ClientCost()
