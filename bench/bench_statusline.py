@@ -4,12 +4,15 @@ Runs each command N times as a subprocess (the way a shell prompt or Claude Code
 and reports the median wall time and its ratio to the floor, in one run:
 
 - ``python -c pass``: interpreter start-up, the floor;
-- ``cco-monitor statusline``: the real console script (click, the CLI and its commands);
-- ``python -m cco_cost_monitor.client``: the stdlib-only statusline path without the CLI;
+- ``cco-monitor statusline``: the real console script (its entry point imports only the
+  stdlib client for ``statusline``, never click or the CLI);
+- ``python -m cco_cost_monitor.client``: the same client run as a module;
+- ``curl -sf .../statusline``, if curl is installed: what a status bar can run instead;
 
 each against a daemon that answers (``--health-port PORT`` of a running monitor, else a
-stand-in stdlib HTTP server in this process serving a fixed ``/api/summary``) and one that
-does not (a closed port: the ``cco: offline`` path).
+stand-in stdlib HTTP server in this process serving a fixed ``/statusline`` line and
+``/api/summary``) and one that does not (a closed port: the ``cco: offline`` path). CPU
+time per call (the child's user+system time) is reported beside the wall time.
 
 Usage: python bench/bench_statusline.py [-n 30] [--health-port 8081]
 """
@@ -17,7 +20,9 @@ Usage: python bench/bench_statusline.py [-n 30] [--health-port 8081]
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -30,6 +35,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import cco_cost_monitor
 
 SUMMARY = {
     "periods": {"today": {"cost_usd": 42.5, "requests": 900}},
@@ -50,13 +57,19 @@ SUMMARY = {
 
 @contextmanager
 def stand_in_daemon() -> Iterator[int]:
-    body = json.dumps(SUMMARY).encode()
+    summary = json.dumps(SUMMARY).encode()
+    line = "cco $42.50 today · $5.25/h · daily 85% ⚠\n".encode()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self) -> None:
+            text = self.path.startswith("/statusline")
+            body = line if text else summary
             self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain" if text else "application/json")
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
@@ -80,18 +93,24 @@ def closed_port() -> int:
         return port
 
 
-def median_ms(command: list[str], runs: int) -> tuple[float, str]:
-    """Median wall time in ms of ``runs`` runs (after one warm-up), and the last output."""
+def median_ms(command: list[str], runs: int) -> tuple[float, float, str]:
+    """Median wall and CPU ms of ``runs`` runs (after one warm-up), and the last output."""
     output = ""
     times = []
+    cpus = []
     for index in range(runs + 1):
         start = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.stdout.close()
+        _, _, usage = os.wait4(proc.pid, 0)
         elapsed = (time.perf_counter() - start) * 1000
-        output = result.stdout.strip()
+        output = out.decode("utf-8", "replace").strip()
         if index:
             times.append(elapsed)
-    return statistics.median(times), output
+            cpus.append((usage.ru_utime + usage.ru_stime) * 1000)
+    return statistics.median(times), statistics.median(cpus), output
 
 
 def main() -> None:
@@ -103,23 +122,40 @@ def main() -> None:
     if script is None:
         sys.exit("cco-monitor is not installed next to this interpreter")
     python = sys.executable
+    # An installed wheel has its bytecode compiled; an editable install run with
+    # PYTHONDONTWRITEBYTECODE would compile the client on every call (~4 ms).
+    compileall.compile_dir(Path(cco_cost_monitor.__file__).parent, quiet=1)
 
     with stand_in_daemon() as stand_in:
         online = args.health_port or stand_in
         offline = closed_port()
-        floor, _ = median_ms([python, "-c", "pass"], args.runs)
-        rows = [("python -c pass", floor, "")]
+        floor, floor_cpu, _ = median_ms([python, "-c", "pass"], args.runs)
+        rows = [("python -c pass", floor, floor_cpu, "")]
+        curl = shutil.which("curl")
         for label, port in (("online", online), ("offline", offline)):
-            for name, command in (
-                ("cco-monitor statusline", [script, "statusline"]),
-                ("python -m cco_cost_monitor.client", [python, "-m", "cco_cost_monitor.client"]),
-            ):
-                ms, out = median_ms([*command, "--health-port", str(port)], args.runs)
-                rows.append((f"{name} ({label})", ms, out))
+            commands = [
+                ("cco-monitor statusline", [script, "statusline", "--health-port", str(port)]),
+                (
+                    "python -m cco_cost_monitor.client",
+                    [python, "-m", "cco_cost_monitor.client", "--health-port", str(port)],
+                ),
+            ]
+            if curl is not None:
+                url = f"http://127.0.0.1:{port}/statusline"
+                commands.append(("curl -sf .../statusline", [curl, "-sf", url]))
+            for name, command in commands:
+                ms, cpu, out = median_ms(command, args.runs)
+                rows.append((f"{name} ({label})", ms, cpu, out))
 
-    print(f"median wall time over {args.runs} runs (python {sys.version.split()[0]})")
-    for name, ms, out in rows:
-        print(f"  {name:<46} {ms:8.1f} ms  {ms / floor:5.1f}x floor  {out}")
+    print(f"median wall and CPU time over {args.runs} runs (python {sys.version.split()[0]})")
+    for name, ms, cpu, out in rows:
+        print(f"  {name:<42} {ms:7.1f} ms wall {ms / floor:4.1f}x floor  {cpu:6.1f} ms CPU  {out}")
+    fresh = next(ms for name, ms, _, _ in rows if name == "cco-monitor statusline (online)")
+    ok = fresh <= 30.0 or fresh <= 3 * floor
+    print(
+        f"  target: a fresh cco-monitor statusline <= 30 ms or <= 3x the floor: "
+        f"{fresh:.1f} ms = {fresh / floor:.1f}x: {'PASS' if ok else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

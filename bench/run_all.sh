@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark in sequence: about 9 minutes on a 2-core machine.
+# Runs every benchmark in sequence: about 15 minutes on a 2-core machine.
 # Usage: bench/run_all.sh [python]   (default: .venv/bin/python, else python3; the package
 # must be installed in that interpreter). py-spy, if installed there, adds an ingest profile.
 set -euo pipefail
@@ -14,6 +14,7 @@ if ! "$PY" -c 'import shutil, sys, pathlib; p = pathlib.Path(sys.executable).par
     PROFILE=0
 fi
 run() { echo; echo "\$ $*"; timeout --signal=TERM 240 "$@"; }
+run_long() { echo; echo "\$ $*"; timeout --signal=TERM 900 "$@"; }
 run "$PY" bench/bench_reconciler.py 2000 5
 run "$PY" bench/bench_store.py --prefill 300000 --events 100000
 run "$PY" bench/bench_ingest.py --duration 20 --profile "$PROFILE"
@@ -23,4 +24,6 @@ run "$PY" bench/bench_health_latency.py --count 500 --cap 40
 run "$PY" bench/bench_faults.py --min-seconds 60
 run "$PY" bench/bench_daemon.py -n 5
 run "$PY" bench/bench_statusline.py -n 20
+# The short form of the soak (the long one, >= 30 minutes: see bench/README.md).
+run_long "$PY" bench/bench_soak.py --minutes 6 --window 2
 run "$PY" bench/backtest_projections.py

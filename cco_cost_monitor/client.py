@@ -1,7 +1,12 @@
 """A tiny HTTP client to the running daemon, and the fast ``statusline`` path.
 
-Standard library only (``urllib``, ``json``, ``tomllib``): ``cco-monitor statusline`` runs on
-every shell prompt, so importing this module must not pull in pydantic, rich or aiohttp.
+Standard library only: ``cco-monitor statusline`` runs on every status-bar refresh and every
+shell prompt, so importing this module imports nothing at all beyond ``os`` and ``sys`` (both
+loaded by every interpreter). The status line itself is one ``GET /statusline`` over a raw
+``_socket`` connection (no ``urllib``/``http.client``/``email``/``ssl``/``enum``, which cost
+~25 ms of start-up each time); ``urllib``, ``json`` and ``tomllib`` are imported only by the
+paths that need them (:class:`DaemonClient`, a ``daemon.json`` that is not plain, a config
+file). Measured by ``bench/bench_statusline.py`` and counted in ``bench/bench_soak.py``.
 
 :class:`DaemonClient` does ``GET /health``, ``/api/summary``, ``/api/events`` and
 ``/api/timeseries`` with a timeout and the optional bearer token, and raises
@@ -10,22 +15,22 @@ every shell prompt, so importing this module must not pull in pydantic, rich or 
 :func:`resolve_endpoint` finds the daemon's address the way the settings do (flag > env >
 config file > default) but only for the three keys it needs, without validating the rest of
 the configuration. :func:`format_statusline` turns an ``/api/summary`` document into the one
-line; :func:`statusline_main` is the whole command (``python -m cco_cost_monitor.client``
-runs it too, without click).
+line (the daemon's ``/statusline`` serves exactly that); :func:`statusline_main` is the whole
+command (the ``cco-monitor`` console script runs it without importing click or the CLI, and
+``python -m cco_cost_monitor.client`` runs it too).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+
+# typing and collections.abc cost start-up time; the annotations only matter to mypy.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
 
 __all__ = [
     "OFFLINE",
@@ -70,6 +75,9 @@ class DaemonClient:
         self.timeout = timeout
 
     def _get(self, path: str, ok: Sequence[int] = (200,)) -> bytes:
+        import urllib.error  # noqa: PLC0415  (not on the status-line path)
+        import urllib.request  # noqa: PLC0415
+
         url = self.base_url + path
         request = urllib.request.Request(url, headers={"Accept": "*/*"})  # noqa: S310
         if self.token:
@@ -94,6 +102,8 @@ class DaemonClient:
 
     def get_json(self, path: str, ok: Sequence[int] = (200,)) -> Any:
         """The decoded JSON body of ``GET path``."""
+        import json  # noqa: PLC0415  (not on the status-line path)
+
         body = self._get(path, ok)
         try:
             return json.loads(body)
@@ -122,6 +132,8 @@ class DaemonClient:
 
     def timeseries(self, bucket: str = "minute", since: str = "60m") -> list[dict[str, Any]]:
         """``/api/timeseries`` buckets (cost and requests per bucket and tier)."""
+        import urllib.parse  # noqa: PLC0415
+
         query = urllib.parse.urlencode({"bucket": bucket, "since": since})
         document = self.get_json(f"/api/timeseries?{query}")
         buckets: list[dict[str, Any]] = document.get("buckets", [])
@@ -131,20 +143,34 @@ class DaemonClient:
 # -- where the daemon listens ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Endpoint:
-    """The daemon's base URL and the bearer token to send."""
+    """The daemon's base URL and the bearer token to send (a value; no dataclass: start-up)."""
 
-    base_url: str
-    token: str | None
+    __slots__ = ("base_url", "token")
+
+    def __init__(self, base_url: str, token: str | None) -> None:
+        self.base_url = base_url
+        self.token = token
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Endpoint):
+            return NotImplemented
+        return (self.base_url, self.token) == (other.base_url, other.token)
+
+    def __hash__(self) -> int:
+        return hash((self.base_url, self.token))
+
+    def __repr__(self) -> str:
+        token = "***" if self.token else None
+        return f"Endpoint(base_url={self.base_url!r}, token={token!r})"
 
 
-def _state_dir(flag: str | None, environ: Mapping[str, str]) -> Path:
+def _state_dir(flag: str | None, environ: Mapping[str, str]) -> str:
     value = flag or environ.get(f"{ENV_PREFIX}STATE_DIR") or environ.get("CCO_MONITOR_HOME")
     if not value:
         state_directory = environ.get("STATE_DIRECTORY")
         value = state_directory.split(":")[0] if state_directory else "~/.cco-monitor"
-    return Path(value).expanduser()
+    return os.path.expanduser(value)
 
 
 def _config_values(
@@ -152,12 +178,12 @@ def _config_values(
 ) -> dict[str, Any]:
     path_text = config or environ.get(f"{ENV_PREFIX}CONFIG")
     path = (
-        Path(path_text).expanduser()
+        os.path.expanduser(path_text)
         if path_text
-        else _state_dir(state_dir, environ) / "config.toml"
+        else os.path.join(_state_dir(state_dir, environ), "config.toml")
     )
     try:
-        handle = path.open("rb")
+        handle = open(path, "rb")  # noqa: SIM115  (pathlib costs start-up time)
     except OSError:
         return {}
     import tomllib  # noqa: PLC0415  (only when no flag or env var decided: keeps start-up fast)
@@ -172,20 +198,33 @@ def _config_values(
 RUNTIME_FILE = "daemon.json"
 
 
-def running_url(state_dir: Path) -> str | None:
+def _announced_url(text: str) -> object:
+    """``health_url`` of a ``daemon.json`` document; ``json`` only if it is not plain."""
+    # The daemon writes it with orjson: {"pid":1,"health_url":"http://127.0.0.1:8081",...}
+    marker = '"health_url":"'
+    start = text.find(marker)
+    if start != -1:
+        start += len(marker)
+        end = text.find('"', start)
+        if end != -1 and "\\" not in text[start:end]:
+            return text[start:end]
+    import json  # noqa: PLC0415  (written by hand, with spaces or escapes)
+
+    data = json.loads(text)
+    return data.get("health_url") if isinstance(data, dict) else None
+
+
+def running_url(state_dir: str | Path) -> str | None:
     """The base URL the running daemon announced in ``<state dir>/daemon.json``, if any.
 
     The daemon writes it once its HTTP port is bound, so clients find a daemon started
     with ``--health-port`` or ``--health-port 0`` without being told the port again.
     """
     try:
-        with (state_dir / RUNTIME_FILE).open("rb") as handle:
-            import json  # noqa: PLC0415  (only when the file exists)
-
-            data = json.load(handle)
+        with open(os.path.join(state_dir, RUNTIME_FILE), "rb") as handle:
+            url = _announced_url(handle.read(65536).decode("utf-8", "replace"))
     except (OSError, ValueError):
         return None
-    url = data.get("health_url") if isinstance(data, dict) else None
     return url if isinstance(url, str) and url.startswith("http") else None
 
 
@@ -280,7 +319,7 @@ def format_statusline(summary: Mapping[str, Any]) -> str:
     burn = summary.get("burn_rate_usd_per_hour") or {}
     rate = _number(burn.get("1h"))
     parts = [f"cco ${today:,.2f} today", f"${rate:,.2f}/h"]
-    budgets = [b for b in summary.get("budgets") or [] if isinstance(b, Mapping)]
+    budgets = [b for b in summary.get("budgets") or [] if isinstance(b, dict)]
     if budgets:
         tightest = max(budgets, key=lambda b: _number(b.get("used_ratio")))
         level = budget_level(tightest)
@@ -290,7 +329,7 @@ def format_statusline(summary: Mapping[str, Any]) -> str:
             period += f" {tightest['tier']}"
         ratio = _number(tightest.get("used_ratio"))
         parts.append(f"{period} {ratio * 100:.0f}%{marker}")
-    sources = [s for s in summary.get("sources") or [] if isinstance(s, Mapping)]
+    sources = [s for s in summary.get("sources") or [] if isinstance(s, dict)]
     if sources:
         connected = sum(1 for s in sources if s.get("connection_status") == "connected")
         if connected == 0:
@@ -301,12 +340,122 @@ def format_statusline(summary: Mapping[str, Any]) -> str:
 
 
 def statusline_text(endpoint: Endpoint, timeout: float = STATUSLINE_TIMEOUT) -> str | None:
-    """The status line, or ``None`` when the daemon does not answer."""
+    """The status line, or ``None`` when the daemon does not answer.
+
+    One raw ``GET /statusline`` (the daemon formats the line itself); a daemon without that
+    route (404) gets the ``/api/summary`` round trip, formatted here.
+    """
+    answer = _raw_get(endpoint, "/statusline", timeout)
+    if answer is None:
+        return None
+    if answer[0] == 200:
+        line = answer[1].decode("utf-8", "replace").strip()
+        return line or None
+    if answer[0] != 404:
+        return None
     client = DaemonClient(endpoint.base_url, endpoint.token, timeout=timeout)
     try:
         return format_statusline(client.summary())
     except Unreachable:
         return None
+
+
+#: The most of a ``/statusline`` answer that is read (it is one short line).
+MAX_STATUSLINE_ANSWER = 64 * 1024
+
+
+def _raw_get(endpoint: Endpoint, path: str, timeout: float) -> tuple[int, bytes] | None:
+    """``(status, body)`` of one HTTP/1.1 GET over a plain ``_socket``; ``None`` if unreachable.
+
+    Plain HTTP only (what the daemon serves); for any other scheme it answers 404, which
+    sends the caller to :class:`DaemonClient` (``urllib``).
+    """
+    scheme, _, rest = endpoint.base_url.partition("://")
+    if scheme != "http":
+        return 404, b""
+    authority, slash, prefix = rest.partition("/")
+    prefix = ("/" + prefix).rstrip("/") if slash else ""
+    if authority.startswith("["):
+        host, _, port_text = authority[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    else:
+        host, _, port_text = authority.partition(":")
+    try:
+        port = int(port_text) if port_text else 80
+    except ValueError:
+        return None
+    lines = [
+        f"GET {prefix}{path} HTTP/1.1",
+        f"Host: {authority}",
+        "Accept: text/plain",
+        "Connection: close",
+    ]
+    if endpoint.token:
+        lines.append(f"Authorization: Bearer {endpoint.token}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    import _socket  # noqa: PLC0415  (socket.py would import enum, selectors: ~5 ms)
+
+    try:
+        # Bytes: a str host loads the idna codec (~1 ms) even for "127.0.0.1".
+        name: str | bytes = host.encode("ascii") if host.isascii() else host
+        addresses = _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM)
+    except OSError:
+        return None
+    for family, kind, proto, _, address in addresses:
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.sendall(request)
+            chunks: list[bytes] = []
+            size = 0
+            while size < MAX_STATUSLINE_ANSWER:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+                size += len(data)
+        except OSError:
+            continue
+        finally:
+            sock.close()
+        return _parse_answer(b"".join(chunks))
+    return None
+
+
+def _parse_answer(raw: bytes) -> tuple[int, bytes] | None:
+    """Status and body of an HTTP/1.x response (``Content-Length`` or chunked)."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    status_line, _, header_text = head.partition(b"\r\n")
+    parts = status_line.split(b" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+        return None
+    try:
+        status = int(parts[1])
+    except ValueError:
+        return None
+    headers = header_text.lower()
+    if b"transfer-encoding: chunked" in headers:
+        out = []
+        while True:
+            size_line, crlf, body = body.partition(b"\r\n")
+            try:
+                size = int(size_line.split(b";")[0], 16)
+            except ValueError:
+                return None
+            if not crlf or size == 0:
+                break
+            out.append(body[:size])
+            body = body[size + 2 :]
+        return status, b"".join(out)
+    for line in headers.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip() == b"content-length":
+            try:
+                return status, body[: int(value)]
+            except ValueError:
+                return None
+    return status, body
 
 
 def _parse_args(argv: Sequence[str]) -> dict[str, str]:

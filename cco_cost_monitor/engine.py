@@ -161,6 +161,13 @@ class Aggregate:
 
 
 MODEL_FIELDS = tuple(item.name for item in fields(Aggregate))
+#: What ``calculated_cost_usd`` is, on every row of ``by_model``: list prices applied to the
+#: input and output tokens the stream shows, never to cache reads or writes, which neither
+#: the analytics stream (one combined ``tokens`` count, split by an assumed input share) nor
+#: the gateway stream reports. On cache-heavy traffic (Claude Code) it reads several times
+#: low against the recorded cost, so its difference from ``recorded_cost_usd`` is no
+#: measure of price drift and nothing raises a drift warning from it.
+CALCULATED_COST_BASIS = "list_prices_without_cache_tokens"
 
 
 @dataclass
@@ -400,7 +407,14 @@ class Engine:
         """Per model name (summed over sources): its tier and every Aggregate counter."""
         result: dict[str, dict[str, Any]] = {}
         for (_, tier, model), aggregate in self.models.items():
-            row = result.setdefault(model, {"tier": tier, **dict.fromkeys(MODEL_FIELDS, 0)})
+            row = result.setdefault(
+                model,
+                {
+                    "tier": tier,
+                    **dict.fromkeys(MODEL_FIELDS, 0),
+                    "calculated_cost_basis": CALCULATED_COST_BASIS,
+                },
+            )
             for name in MODEL_FIELDS:
                 row[name] += getattr(aggregate, name)
         return result

@@ -1,29 +1,29 @@
 """One SSE subscription to a proxy or gateway stream, kept alive forever.
 
-httpx + httpx-sse do the HTTP and the SSE decoding; this module adds what they leave
-to the caller: a reconnect loop with full-jitter exponential backoff (reset after a
-healthy period, ``retry:`` honoured as a floor, ``Last-Event-ID`` sent once an id was
-seen), status and content-type checks before reading, stall detection through httpx's
-read timeout, a hard bound on the length of a line, and a connection state machine
-(``connecting`` / ``connected`` / ``disconnected`` / ``error``, with the last reason)
-that ``/health`` reads. Frames are parsed here and handed to a callback; bad frames are
-counted per kind and skipped, never fatal.
+httpx does the HTTP; :class:`SseDecoder` the SSE decoding (httpx-sse's semantics and
+event type, with bounded buffers). This module adds what the libraries leave to the
+caller: a reconnect loop with full-jitter exponential backoff (reset after a healthy
+period, ``retry:`` honoured as a floor, ``Last-Event-ID`` sent once an id was seen),
+status and content-type checks before reading, stall detection through httpx's read
+timeout, hard bounds on the length of a line and on the size of an event, and a
+connection state machine (``connecting`` / ``connected`` / ``disconnected`` / ``error``,
+with the last reason) that ``/health`` reads. Frames are parsed here and handed to a
+callback; bad frames are counted per kind and skipped, never fatal.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, cast
+from typing import Literal
 
 import anyio
 import anyio.lowlevel
 import httpx
-from httpx_sse import EventSource, ServerSentEvent, SSEError
+from httpx_sse import ServerSentEvent
 
 from cco_cost_monitor import __version__
 from cco_cost_monitor.config import Settings, SourceSpec
@@ -33,11 +33,10 @@ from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.redact import redact_url
 from cco_cost_monitor.wire import Frame, parse_frame
 
-__all__ = ["Backoff", "ConnectionState", "LineLimiter", "SseSource"]
+__all__ = ["Backoff", "ConnectionState", "SseDecoder", "SseSource"]
 
 Status = Literal["connecting", "connected", "disconnected", "error"]
 FrameHandler = Callable[[SourceSpec, Frame, datetime], None]
-_NEWLINE = re.compile(r"[\r\n]")
 # How long the stream may hold the event loop before /health and the other tasks get a
 # turn: at 5 ms, requests waited behind ingestion under flood (loop lag p50 6 ms).
 LOOP_SLICE_SECONDS = 0.001
@@ -123,87 +122,173 @@ class ConnectionState:
             self.since = now
 
 
-class LineLimiter:
-    """Drops any SSE line longer than ``limit`` characters before it is buffered.
+class SseDecoder:
+    """The bytes of an SSE stream in, complete events out, with bounded buffers.
 
-    httpx-sse buffers a partial line without bound; this filter sits between the
-    response's text chunks and httpx-sse's line decoder and holds at most ``limit``
-    characters of an unfinished line. A dropped line is counted; the event it belonged
-    to then arrives without data and is skipped like any empty event.
+    The WHATWG event-stream interpretation (lines end in CRLF, LF or CR; ``:`` starts a
+    comment; ``data``, ``event``, ``id`` and ``retry`` fields; a blank line dispatches),
+    the same events httpx-sse's decoders give, without their unbounded buffers and with
+    one pass per chunk instead of one Python step per line in three layers of generators:
+
+    - a line longer than ``max_line`` bytes is never held: what was buffered of it is
+      dropped at once and the rest of it skipped, counted as ``oversized_line``;
+    - an event whose ``data:`` lines add up to more than ``max_event`` bytes (many short
+      lines and no blank line) is dropped as soon as it crosses the bound, and its
+      remaining lines up to the blank line are skipped, counted as ``oversized_event``.
+
+    An event that lost a line or its data this way is never dispatched (a partial event
+    could still parse as valid JSON): the next event starts clean. So at most
+    ``max_line + max_event`` bytes are held, whatever the server sends.
     """
 
-    def __init__(self, limit: int, on_oversize: Callable[[], None]) -> None:
-        self.limit = limit
+    __slots__ = (
+        "_data",
+        "_event",
+        "_fields",
+        "_last_id",
+        "_on_oversize",
+        "_partial",
+        "_poisoned",
+        "_retry",
+        "_size",
+        "_skipping_line",
+        "_trailing_cr",
+        "max_event",
+        "max_line",
+    )
+
+    def __init__(self, max_line: int, max_event: int, on_oversize: Callable[[str], None]) -> None:
+        self.max_line = max_line
+        self.max_event = max_event
         self._on_oversize = on_oversize
-        self._partial: list[str] = []
-        self._partial_len = 0
-        self._discarding = False
+        self._partial = b""
+        self._skipping_line = False
+        self._trailing_cr = False
+        self._data: list[bytes] = []
+        self._size = 0
+        self._event = b""
+        self._last_id = ""
+        self._retry: int | None = None
+        self._fields = False
+        self._poisoned = False
 
-    def feed(self, chunk: str) -> str:
-        if not self._discarding and self._partial_len + len(chunk) <= self.limit:
-            # Fast path (nearly every chunk): even joined with the unfinished line, nothing
-            # here can exceed the limit, so only the last line break matters.
-            cut = max(chunk.rfind("\n"), chunk.rfind("\r"))
-            if cut == -1:
-                self._partial.append(chunk)
-                self._partial_len += len(chunk)
-                return ""
-            head = chunk[: cut + 1]
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """The events that ``chunk`` completes (usually none or one)."""
+        if self._trailing_cr:
+            # The previous chunk ended in CR: an LF here is the second half of that CRLF.
+            self._trailing_cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if not chunk:
+            return []
+        if b"\r" in chunk:
+            self._trailing_cr = chunk[-1:] == b"\r"
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        cut = chunk.rfind(b"\n")
+        if cut == -1:
+            self._hold(chunk)
+            return []
+        lines = chunk[:cut].split(b"\n")
+        if self._skipping_line:
+            # The end of a line that was too long: what is left of it is dropped too.
+            self._skipping_line = False
+            lines[0] = b""
+            skip_first = True
+        else:
+            skip_first = False
             if self._partial:
-                head = "".join(self._partial) + head
-            rest = chunk[cut + 1 :]
-            self._partial = [rest] if rest else []
-            self._partial_len = len(rest)
-            return head
-        out: list[str] = []
-        start = 0
-        length = len(chunk)
-        while start < length:
-            match = _NEWLINE.search(chunk, start)
-            if match is None:
-                piece = chunk[start:]
-                if not self._discarding:
-                    self._partial_len += len(piece)
-                    if self._partial_len > self.limit:
-                        self._drop()
-                    else:
-                        self._partial.append(piece)
-                break
-            end = match.end()
-            if self._discarding:
-                self._discarding = False
-            elif self._partial_len + (end - start) > self.limit:
-                self._on_oversize()
-            elif self._partial:
-                out.append("".join(self._partial))
-                out.append(chunk[start:end])
-            else:
-                out.append(chunk[start:end])
-            self._partial = []
-            self._partial_len = 0
-            start = end
-        return "".join(out)
+                lines[0] = self._partial + lines[0]
+        self._partial = b""
+        events: list[ServerSentEvent] = []
+        for index, line in enumerate(lines):
+            if skip_first and index == 0:
+                continue
+            if len(line) > self.max_line:
+                self._oversized_line()
+                continue
+            if line:
+                self._field(line)
+            elif self._fields:
+                event = self._dispatch()
+                if event is not None:
+                    events.append(event)
+        self._hold(chunk[cut + 1 :])
+        return events
 
-    def _drop(self) -> None:
-        self._discarding = True
-        self._partial = []
-        self._partial_len = 0
-        self._on_oversize()
+    def _hold(self, piece: bytes) -> None:
+        """Keep the unfinished end of a line, or drop the line once it is too long."""
+        if self._skipping_line or not piece:
+            return
+        if len(self._partial) + len(piece) > self.max_line:
+            self._partial = b""
+            self._skipping_line = True
+            self._oversized_line()
+            return
+        self._partial += piece
 
+    def _oversized_line(self) -> None:
+        self._poison()
+        self._on_oversize("oversized_line")
 
-class _LimitedResponse:
-    """The slice of ``httpx.Response`` that httpx-sse's EventSource reads, line-limited."""
+    def _poison(self) -> None:
+        # The event lost a line: drop what it holds, never dispatch it.
+        self._poisoned = True
+        self._fields = True
+        self._data = []
+        self._size = 0
 
-    def __init__(self, response: httpx.Response, limiter: LineLimiter) -> None:
-        self._response = response
-        self._limiter = limiter
-        self.headers = response.headers
+    def _field(self, line: bytes) -> None:
+        # ``_fields``: whether the blank line ends an event that httpx-sse would dispatch
+        # (data, a non-empty event name, an id or a valid retry seen since the last one).
+        if line[0] == 0x3A:  # ":" -- a comment (keep-alive)
+            return
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            if self._poisoned:
+                return
+            self._size += len(value) + 1
+            if self._size > self.max_event:
+                self._poison()
+                self._on_oversize("oversized_event")
+                return
+            self._data.append(value)
+            self._fields = True
+        elif name == b"event":
+            self._event = value
+            self._fields = self._fields or bool(value)
+        elif name == b"id":
+            if b"\0" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+                self._fields = True
+        elif name == b"retry" and value.isdigit():
+            self._retry = int(value)
+            self._fields = True
+        # Any other field name is ignored (the spec says so).
 
-    async def aiter_text(self) -> AsyncIterator[str]:
-        async for chunk in self._response.aiter_text():
-            text = self._limiter.feed(chunk)
-            if text:
-                yield text
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the unfinished line and event (bounded by both limits)."""
+        return len(self._partial) + self._size + len(self._event)
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        poisoned = self._poisoned
+        event = None
+        if not poisoned:
+            event = ServerSentEvent(
+                event=self._event.decode("utf-8", "replace"),
+                data=b"\n".join(self._data).decode("utf-8", "replace"),
+                id=self._last_id,
+                retry=self._retry,
+            )
+        self._data = []
+        self._size = 0
+        self._event = b""
+        self._retry = None
+        self._fields = False
+        self._poisoned = False
+        return event
 
 
 class SseSource:
@@ -281,11 +366,16 @@ class SseSource:
                     self.log.warning("source answered with an error", status=response.status_code)
                     return
                 state.auth_rejected = False
-                limiter = LineLimiter(
-                    self.settings.max_line_bytes,
-                    lambda: self.count_bad("oversized_line", "line over max_line_bytes dropped"),
+                limit = self.settings.max_line_bytes
+                decoder = SseDecoder(
+                    limit,
+                    limit,
+                    lambda kind: self.count_bad(
+                        kind,
+                        f"{'line' if kind == 'oversized_line' else 'event data'} over "
+                        f"max_line_bytes ({limit}) dropped",
+                    ),
                 )
-                source = EventSource(cast(httpx.Response, _LimitedResponse(response, limiter)))
                 content_type = response.headers.get("content-type", "")
                 if "text/event-stream" not in content_type:
                     state.move("error", f"not an SSE stream (content-type {content_type!r})")
@@ -297,15 +387,16 @@ class SseSource:
                 self.log.info("connected", url=redact_url(self.spec.url))
                 healthy_since = connected_since = time.monotonic()
                 yielded_at = time.monotonic()
-                async for sse in source.aiter_sse():
-                    self._handle(sse)
-                    if self.throttle is not None:
-                        await self.throttle()
-                    # httpx-sse yields every event of a chunk without an await: on a busy
-                    # stream, give /health and the other tasks a turn every few ms.
-                    if time.monotonic() - yielded_at > LOOP_SLICE_SECONDS:
-                        await anyio.lowlevel.checkpoint()
-                        yielded_at = time.monotonic()
+                async for chunk in response.aiter_bytes():
+                    for sse in decoder.feed(chunk):
+                        self._handle(sse)
+                        if self.throttle is not None:
+                            await self.throttle()
+                        # A chunk may hold many events: on a busy stream, give /health
+                        # and the other tasks a turn every few ms.
+                        if time.monotonic() - yielded_at > LOOP_SLICE_SECONDS:
+                            await anyio.lowlevel.checkpoint()
+                            yielded_at = time.monotonic()
                     if (
                         healthy_since is not None
                         and time.monotonic() - healthy_since >= self.settings.healthy_after_seconds
@@ -322,7 +413,7 @@ class SseSource:
             self.log.warning("stream stalled", timeout=self.settings.stall_timeout_seconds)
         except httpx.ConnectError as exc:
             state.move("disconnected", f"connection failed: {_short(exc)}")
-        except (httpx.HTTPError, SSEError) as exc:
+        except httpx.HTTPError as exc:
             state.move("disconnected", f"{type(exc).__name__}: {_short(exc)}")
             self.log.warning("stream failed", error=_short(exc))
         if healthy_since is not None and time.monotonic() - healthy_since >= (

@@ -216,3 +216,17 @@ def test_a_bucket_always_contains_its_moment(moment: datetime, zone_name: str, k
     start = bucket_start(moment, kind, zone)  # type: ignore[arg-type]
     assert start == int(start)
     assert start <= moment.timestamp() < next_bucket_start(start, kind, zone)  # type: ignore[arg-type]
+
+
+def test_by_model_says_the_calculated_cost_cannot_see_cache_tokens() -> None:
+    """Every by_model row labels calculated_cost_usd as list prices without cache tokens:
+    the estimate from combined `tokens` is no price-drift signal (issue 19)."""
+    from cco_cost_monitor.engine import CALCULATED_COST_BASIS
+
+    engine = Engine()
+    record(engine, T0, 0.5, "claude-sonnet-4-5")
+    record(engine, T0, 0.1, "claude-haiku-4-5")
+    rows = engine.by_model()
+    assert rows
+    assert {row["calculated_cost_basis"] for row in rows.values()} == {CALCULATED_COST_BASIS}
+    assert CALCULATED_COST_BASIS == "list_prices_without_cache_tokens"

@@ -64,10 +64,15 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class HugeLine:
-    """An ``event:analytics`` frame whose single ``data:`` line has ``size`` bytes."""
+    """An ``event:analytics`` frame whose single ``data:`` line has ``size`` bytes.
+
+    With ``split``, the same ``size`` bytes come as many short ``data:`` lines of one event
+    (no blank line until its end): bounded lines, an unbounded event.
+    """
 
     size: int
     spaced: bool
+    split: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +211,9 @@ async def _write_huge_line(response: web.StreamResponse, item: HugeLine) -> None
     """Valid JSON ``{"padding":"xxx..."}`` of exactly ``size`` bytes, sent in chunks."""
     head, tail = b'{"padding":"', b'"}'
     sep = b": " if item.spaced else b":"
+    if item.split:
+        await _write_many_lines(response, item.size, sep)
+        return
     await response.write(b"event" + sep + b"analytics\ndata" + sep)
     if item.size >= len(head) + len(tail):
         await response.write(head)
@@ -221,14 +229,30 @@ async def _write_huge_line(response: web.StreamResponse, item: HugeLine) -> None
     await response.write(tail + b"\n\n")
 
 
+async def _write_many_lines(response: web.StreamResponse, size: int, sep: bytes) -> None:
+    """One event of ``size`` data bytes as 64-byte ``data:`` lines, in 64 KiB writes."""
+    line = b"data" + sep + b"x" * 64 + b"\n"
+    per_block = _CHUNK // len(line)
+    await response.write(b"event" + sep + b"analytics\n")
+    lines = max(1, size // 64)
+    while lines > 0:
+        n = min(lines, per_block)
+        await response.write(line * n)
+        lines -= n
+    await response.write(b"\n")
+
+
 def fault_item(fault: Fault, *, spaced: bool) -> Item:
-    """The frame of a ``garbage``, ``bad_json``, ``huge_line`` or ``error_event`` fault."""
+    """The frame of a ``garbage``, ``bad_json``, ``huge_line``, ``many_lines`` or ``error_event``
+    fault."""
     if fault.kind == "garbage":
         return GARBAGE_FRAME
     if fault.kind == "bad_json":
         return sse_frame("analytics", BAD_JSON_DATA, spaced=spaced)
     if fault.kind == "huge_line":
         return HugeLine(fault.size, spaced)
+    if fault.kind == "many_lines":
+        return HugeLine(fault.size, spaced, split=True)
     if fault.kind == "error_event":
         # The proxy formats this body by hand, with a space after the colon.
         data = b'{"error": ' + json.dumps(fault.message).encode() + b"}"
