@@ -8,42 +8,30 @@ limiter, httpx-sse's decoders -- then :func:`wire.parse_frame`, chunked every wa
 
 from __future__ import annotations
 
-import codecs
 import math
 from pathlib import Path
 
 import pytest
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
-from cco_cost_monitor.source import LineLimiter
+from cco_cost_monitor.source import SseDecoder
 from cco_cost_monitor.wire import Frame, Snapshot, parse_frame
 
 FIXTURE = Path(__file__).parent / "fixtures" / "analytics_axum07.sse"
 
 
 def read_path(data: bytes, step: int) -> tuple[list[Frame], list[str]]:
-    """Frames and event names of ``data`` delivered in ``step``-byte chunks, as the source
-    reads a response (``aiter_text`` decodes incrementally; the limiter; httpx-sse)."""
-    text = codecs.getincrementaldecoder("utf-8")()
-    limiter = LineLimiter(1 << 20, lambda: pytest.fail("no line of the fixture is oversized"))
-    lines = SSELineDecoder()
-    sse = SSEDecoder()
+    """Frames and event names of ``data`` delivered in ``step``-byte chunks, through the
+    source's own bounded decoder (bytes in, so a chunk may end inside a UTF-8 character)."""
+    kinds: list[str] = []
+    decoder = SseDecoder(1 << 20, 1 << 20, kinds.append)
     frames: list[Frame] = []
     names: list[str] = []
-
-    def take(line: str) -> None:
-        event = sse.decode(line)
-        if event is not None and event.data:
-            names.append(event.event)
-            frames.append(parse_frame(event.event, event.data))
-
     for start in range(0, len(data), step):
-        chunk = text.decode(data[start : start + step])
-        for line in lines.decode(limiter.feed(chunk)):
-            take(line)
-    for line in lines.flush():
-        take(line)
-    take("")
+        for event in decoder.feed(data[start : start + step]):
+            if event.data:
+                names.append(event.event)
+                frames.append(parse_frame(event.event, event.data))
+    assert kinds == [], "no line or event of the fixture is oversized"
     return frames, names
 
 
