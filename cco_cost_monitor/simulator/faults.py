@@ -103,6 +103,7 @@ FAULT_PARAMS: dict[str, tuple[str, ...]] = {
     "bad_json": (),
     "stall": ("seconds",),
     "huge_line": ("size",),
+    "many_lines": ("size",),
     "error_event": ("message",),
     "wrong_content_type": ("count",),
     "lag": ("skipped",),
