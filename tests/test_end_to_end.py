@@ -241,6 +241,8 @@ def test_sigterm_puts_everything_accounted_on_disk(
                 first.summary()["sources"][0]["proxy_reported_calls"] == sim.ledger()["proxy_calls"]
             )
         )
+        # Unattributed spend is counted once settled: let a few quiet snapshots through.
+        time.sleep(1.0)
         before = first.summary()["totals"]
         assert first.proc is not None
         first.proc.signal(signal.SIGTERM)
