@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 import zipfile
-from decimal import ROUND_HALF_UP, Decimal
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
