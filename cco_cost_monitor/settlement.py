@@ -131,11 +131,18 @@ class Settlement:
         # After a restart, while no event can have been missed since its first window: the
         # reloaded totals are tightened from settled snapshots, never above ``cap``.
         self.refining: bool = bool(state.get("refining", False))
-        # How often each estimate of the reloaded totals was seen (see _vote).
-        self.votes: dict[str, int] = dict(state.get("votes", {}))
-        self.cap: tuple[int, float] | None = (
-            (int(state["cap"][0]), float(state["cap"][1])) if state.get("cap") else None
-        )
+        # How often each estimate of the reloaded calls and cost was seen (see _vote).
+        self.call_votes: dict[str, int] = dict(state.get("call_votes", {}))
+        self.cost_votes: dict[str, int] = dict(state.get("cost_votes", {}))
+        # What the settled snapshots since the restart prove of the reloaded totals (_narrow).
+        self.low: tuple[int, float] | None = _pair(state.get("low"))
+        self.high: tuple[int, float] | None = _pair(state.get("high"))
+        self.cap: tuple[int, float] | None = _pair(state.get("cap"))
+        # Reloaded totals a restart often has: what the last run showed last (a save just
+        # before it stopped, or traffic idle since the last save), and nothing at all.
+        self.likely: list[tuple[int, float]] = [
+            (int(c), float(k)) for c, k in state.get("likely", [])
+        ]
         self.loss: bool = bool(state.get("loss", False))
         self.reason: Reason = state.get("reason", "gap")
         self.pending: list[Counters] = [Counters.from_list(v) for v in state.get("pending", [])]
@@ -150,8 +157,12 @@ class Settlement:
             "anchor_unexplained_cost": self.anchor_unexplained_cost,
             "estimated": self.estimated,
             "refining": self.refining,
-            "votes": self.votes,
+            "call_votes": self.call_votes,
+            "cost_votes": self.cost_votes,
+            "low": list(self.low) if self.low else None,
+            "high": list(self.high) if self.high else None,
             "cap": list(self.cap) if self.cap else None,
+            "likely": [list(pair) for pair in self.likely],
             "loss": self.loss,
             "reason": self.reason,
             "pending": [c.to_list() for c in self.pending],
@@ -182,19 +193,25 @@ class Settlement:
         loss: bool = False,
         reason: Reason = "gap",
         cap: tuple[int, float] | None = None,
+        likely: tuple[tuple[int, float], ...] = (),
     ) -> None:
         """Begin a proxy run at ``anchor`` (first contact, or the estimate after a restart).
 
         ``cap``: the reloaded totals are at most this (the last seen before a restart whose
-        first window may have lost events).
+        first window may have lost events). ``likely``: reloaded totals to prefer where the
+        snapshots allow them (see :meth:`_vote`).
         """
         self.anchor = anchor
         self.anchor_unexplained_requests = unexplained_requests
         self.anchor_unexplained_cost = unexplained_cost
         self.estimated = estimated
         self.refining = estimated
-        self.votes = {}
+        self.call_votes = {}
+        self.cost_votes = {}
+        self.low = None
+        self.high = None
         self.cap = cap
+        self.likely = list(likely)
         self.loss = loss
         self.reason = reason
         self.pending = []
@@ -221,8 +238,12 @@ class Settlement:
         """
         self.loss = self.loss or loss
         self.refining = self.refining and not loss
+        if self.estimated:
+            self._narrow(now)
         if self.refining:
             self._vote(now)
+        elif self.estimated:
+            self._bound()
         previous = self.previous
         self.previous = now
         quiet = (
@@ -260,6 +281,39 @@ class Settlement:
             replace=True,
         )
 
+    def _narrow(self, now: Counters) -> None:
+        """After a restart: what this snapshot proves of the reloaded totals ``B``.
+
+        ``calls`` is ``B`` plus the requests recorded by the time it was read, so it is at
+        least ``B`` plus the requests of every event seen in a snapshot it settles (the
+        restart itself to begin with): an upper bound, which holds even after a loss. While
+        no event can have been missed, the events seen now include every request a settled
+        snapshot's counters count: a lower bound. The same holds for ``cost``. At a quiet
+        point the two meet.
+        """
+        anchor = self.anchor
+        if anchor is None:
+            return
+        earlier = next(
+            (c for c in reversed(self.pending) if c.settles(now, self.settle_seconds)), None
+        )
+        before = earlier if earlier is not None else anchor
+        high = (
+            now.calls - (before.seen_requests - anchor.seen_requests),
+            now.cost - (before.seen_cost - anchor.seen_cost),
+        )
+        if self.high is not None:
+            high = (min(high[0], self.high[0]), min(high[1], self.high[1]))
+        self.high = high
+        if earlier is not None and self.refining:
+            low = (
+                earlier.calls - (now.seen_requests - anchor.seen_requests),
+                earlier.cost - (now.seen_cost - anchor.seen_cost),
+            )
+            if self.low is not None:
+                low = (max(low[0], self.low[0]), max(low[1], self.low[1]))
+            self.low = low
+
     def _vote(self, now: Counters) -> None:
         """After a restart, while no event can have been missed: estimate the reloaded totals.
 
@@ -274,12 +328,21 @@ class Settlement:
             return
         calls = now.calls - (now.seen_requests - anchor.seen_requests)
         cost = now.cost - (now.seen_cost - anchor.seen_cost)
-        key = f"{calls}|{cost:.9f}"
-        self.votes[key] = self.votes.get(key, 0) + 1
-        if len(self.votes) > VOTE_LIMIT:
-            del self.votes[min(self.votes, key=self.votes.__getitem__)]
-        best = max(self.votes.items(), key=lambda item: (item[1], -float(item[0].split("|")[0])))
-        best_calls, best_cost = best[0].split("|")
+        # Calls and cost are read apart and race apart: each has its own vote.
+        low, high = self.low, self.high
+        likely_calls = {
+            str(c)
+            for c, _ in self.likely
+            if (low is None or c >= low[0]) and (high is None or c <= high[0])
+        }
+        likely_cost = {
+            f"{k:.9f}"
+            for _, k in self.likely
+            if (low is None or k >= low[1] - COST_EPSILON)
+            and (high is None or k <= high[1] + COST_EPSILON)
+        }
+        best_calls = _most_seen(self.call_votes, str(calls), likely_calls)
+        best_cost = _most_seen(self.cost_votes, f"{cost:.9f}", likely_cost)
         self._set_anchor(int(best_calls), float(best_cost), replace=True)
 
     def _set_anchor(self, calls: int, cost: float, *, replace: bool = False) -> None:
@@ -294,13 +357,21 @@ class Settlement:
         self._bound()
 
     def _bound(self) -> None:
-        """Reloaded totals are never negative, and never above the cap (when there is one)."""
+        """Reloaded totals within what the snapshots prove, never negative, never above the
+        cap (when there is one)."""
         anchor = self.anchor
         if anchor is None:
             return
-        calls, cost = max(0, anchor.calls), max(0.0, anchor.cost)
+        calls, cost = anchor.calls, anchor.cost
+        if self.low is not None:
+            calls, cost = max(calls, self.low[0]), max(cost, self.low[1])
+        if self.high is not None:
+            calls, cost = min(calls, self.high[0]), min(cost, self.high[1])
+        calls, cost = max(0, calls), max(0.0, cost)
         if self.cap is not None:
             calls, cost = min(calls, self.cap[0]), min(cost, self.cap[1])
+        if self.high is not None and self.high[0] <= 0:
+            cost = 0.0  # proved: no record reloaded, so no dollar (a metrics file cut by a crash)
         if (calls, cost) != (anchor.calls, anchor.cost):
             self.anchor = Counters(
                 calls,
@@ -360,8 +431,25 @@ class Settlement:
         self.anchor_unexplained_cost = counted_cost + excess_cost
         self.estimated = False
         self.refining = False
+        self.low = None
+        self.high = None
         self.cap = None
+        self.likely = []
         self.loss = False
         self.reason = "gap"
         self.pending = []
         return shortfall
+
+
+def _pair(value: Any) -> tuple[int, float] | None:
+    return (int(value[0]), float(value[1])) if value else None
+
+
+def _most_seen(votes: dict[str, int], value: str, likely: set[str]) -> str:
+    """Count one more ``value``; the value seen most often. A tie of two snapshots is one
+    race either way: then a ``likely`` value, else the smaller. (A likely value never seen
+    is not a candidate: one snapshot without a race outweighs any prior.)"""
+    votes[value] = votes.get(value, 0) + 1
+    if len(votes) > VOTE_LIMIT:
+        del votes[min(votes, key=votes.__getitem__)]
+    return max(votes, key=lambda key: (votes[key], key in likely, -float(key)))

@@ -190,6 +190,41 @@ def test_reload_that_found_nothing_counts_only_the_new_requests() -> None:
     assert reconciler.state.unattributed_requests == 0
 
 
+def test_reload_of_nothing_then_a_loss_before_any_quiet_point_is_exact() -> None:
+    """Reload nothing, every snapshot racing, then a save hold overflows the window before
+    the new run was ever quiet: the first snapshot's calls and cost (the reloaded totals
+    plus what was recorded by then) bound the reload, so the loss is counted exactly.
+
+    (Before: the reload was the most frequent of racing estimates, here 1 call and one
+    request's cost too high, and the lost requests were counted one short.)"""
+    proxy, reconciler = start()
+    proxy.tick(5)
+    deliver(reconciler, proxy)
+    proxy.restart(reload=False)
+    proxy.tick(1)
+    # The first snapshot of the new run: one request finished between the calls and the
+    # cost read (in the ring and in cost, not in calls).
+    first = [proxy.request(1, 3000, "api")]
+    assert deliver(reconciler, proxy, proxy.snapshot(between_calls_and_cost=first)).proxy_restart
+    for _ in range(3):
+        proxy.call(2, 2000, "api")
+        proxy.tick(1)
+        # Records written, events late (a total whose event shows next time).
+        proxy.start_lagging(0, 1000, "api")
+        deliver(reconciler, proxy)
+        proxy.finish_lagging()
+    for _ in range(25):  # held behind a save: more than the window
+        proxy.call(0, 1500, "api")
+    proxy.tick(1)
+    deliver(reconciler, proxy)
+    for _ in range(2):
+        proxy.tick(5)
+        deliver(reconciler, proxy)
+    requests, cost = counted(reconciler)
+    assert requests == proxy.calls  # every call of the new run, once
+    assert cost == pytest.approx(proxy.cost, abs=1e-9)
+
+
 def test_change_of_wire_format_is_a_restart() -> None:
     """Events that gain status and cost come from another binary: a restart."""
     reconciler = Reconciler("p", PRICES)

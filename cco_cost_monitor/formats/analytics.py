@@ -186,6 +186,7 @@ class AnalyticsStrategy:
                 loss=full,
                 reason=reason,
                 cap=cap,
+                likely=_likely_reloads(book.last_calls, book.last_cost),
             )
         self._remember_totals(cost, calls, uptime, snapshot_at, observed_at)
         shortfall = self.settlement.observe(
@@ -361,3 +362,13 @@ def _signature(activity: list[ActivityEvent]) -> str:
     if not activity:
         return "current"
     return "current/eight" if "cost" in activity[-1].model_fields_set else "current/six"
+
+
+def _likely_reloads(calls: int | None, cost: float | None) -> tuple[tuple[int, float], ...]:
+    """What a restarted proxy most often reloads: the last totals seen of the run before (it
+    saved just before it stopped, or nothing happened since its last save), or nothing (a
+    metrics file cut by a crash)."""
+    likely = [(0, 0.0)]
+    if calls is not None and cost is not None:
+        likely.append((calls, cost))
+    return tuple(likely)
