@@ -23,6 +23,7 @@ from cco_cost_monitor.budgets import Alert
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.reconciler import SourceState
+from cco_cost_monitor.storage import Ledger
 from cco_cost_monitor.store import SCHEMA_VERSION, Store, finish_rescue
 from cco_cost_monitor.writer import StoreWriter
 
@@ -152,7 +153,7 @@ async def detach(service: Service) -> None:
                 _finish_rescue(store, rescued)
 
 
-def _rescue(store: Store) -> Path | None:
+def _rescue(store: Ledger) -> Path | None:
     """A copy of the database whose file was deleted or replaced while we ran, if it was."""
     try:
         copy = store.rescue()
@@ -164,7 +165,7 @@ def _rescue(store: Store) -> Path | None:
     return copy
 
 
-def _finish_rescue(store: Store, copy: Path) -> None:
+def _finish_rescue(store: Ledger, copy: Path) -> None:
     try:
         restored = finish_rescue(store.path, copy)
     except OSError as exc:

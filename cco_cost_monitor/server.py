@@ -47,7 +47,7 @@ from cco_cost_monitor.projections import project
 from cco_cost_monitor.reconciler import Accounting, Reconciler
 from cco_cost_monitor.settlement import settle_seconds
 from cco_cost_monitor.source import SseSource
-from cco_cost_monitor.store import AlertRecord, Store
+from cco_cost_monitor.storage import AlertRecord, Ledger
 from cco_cost_monitor.summary import SourceView, build_health, build_summary
 from cco_cost_monitor.wire import Frame
 from cco_cost_monitor.writer import StoreWriter
@@ -108,7 +108,7 @@ class Service:
         self.reconcilers: dict[str, Reconciler] = {}
         self.sources: dict[str, SseSource] = {}
         self.writer: StoreWriter | None = None
-        self.store: Store | None = None
+        self.store: Ledger | None = None
         self.reloads = 0
         self.health_port = settings.health_port
         self.projections: dict[str, Any] | None = None

@@ -42,7 +42,7 @@ from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.rounding import tidy
 
 if TYPE_CHECKING:
-    from cco_cost_monitor.store import CommitResult, Store
+    from cco_cost_monitor.storage import CommitResult, LedgerReader
 
 __all__ = ["HUB", "StreamHub", "install"]
 
@@ -64,7 +64,7 @@ def _frames(rows: list[tuple[int, dict[str, object]]]) -> bytes:
     )
 
 
-def _read_page(store: Store, after: int, limit: int) -> tuple[int, int, bytes]:
+def _read_page(store: LedgerReader, after: int, limit: int) -> tuple[int, int, bytes]:
     """(last id, events, SSE bytes) of the next page: read and encoded off the event loop."""
     rows = [(seq, event.as_dict()) for seq, event in store.events_after(after, limit)]
     if not rows:
@@ -87,7 +87,7 @@ class StreamHub:
 
     def __init__(
         self,
-        store: Callable[[], Store | None],
+        store: Callable[[], LedgerReader | None],
         *,
         max_clients: int = MAX_CLIENTS,
         page: int = PAGE,
@@ -126,7 +126,7 @@ class StreamHub:
             self._changed = anyio.Event()
         return self._changed
 
-    async def _page(self, store: Store, cursor: int) -> tuple[int, int, bytes]:
+    async def _page(self, store: LedgerReader, cursor: int) -> tuple[int, int, bytes]:
         """The page after ``cursor``: shared with the clients at the same cursor, unless a
         commit came since it was read (then it may lack events: read again)."""
         while True:
@@ -177,7 +177,7 @@ class StreamHub:
             self.clients -= 1
 
     async def _serve(
-        self, request: web.Request, store: Store, after: int | None
+        self, request: web.Request, store: LedgerReader, after: int | None
     ) -> web.StreamResponse:
         try:
             newest = await anyio.to_thread.run_sync(store.last_event_seq)

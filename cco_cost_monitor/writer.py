@@ -1,4 +1,5 @@
-"""The async batching writer: runs :class:`~cco_cost_monitor.store.Store` off the event loop.
+"""The async batching writer: runs a :class:`~cco_cost_monitor.storage.LedgerWriter` off the
+event loop.
 
 This module owns *when* things are written; :mod:`cco_cost_monitor.store` owns *how*.
 
@@ -51,7 +52,7 @@ import orjson
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.reconciler import Accounting
-from cco_cost_monitor.store import AlertRecord, Batch, CommitResult, PruneResult, Store
+from cco_cost_monitor.storage import AlertRecord, Batch, CommitResult, LedgerWriter, PruneResult
 
 __all__ = ["StoreWriter", "WriterStats"]
 
@@ -107,7 +108,7 @@ class WriterStats:
 
 
 class StoreWriter:
-    """Batches accounting results into :meth:`Store.commit_batch` calls on a worker thread.
+    """Batches accounting results into :meth:`LedgerWriter.commit_batch` calls on a worker thread.
 
     Usage (in the service's task group)::
 
@@ -124,7 +125,7 @@ class StoreWriter:
 
     def __init__(
         self,
-        store: Store,
+        store: LedgerWriter,
         *,
         max_delay: float = 0.2,
         # Small on purpose: under flood a proxy result holds 20 events, in memory and in the
