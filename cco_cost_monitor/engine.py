@@ -243,10 +243,6 @@ class Engine:
         if accounting.unattributed is not None:
             self.record_unattributed(accounting.unattributed, accounting.observed_at)
 
-    def record_event(self, event: AccountedEvent, observed_at: datetime) -> None:
-        """Add one accounted event (tests and restores; ingestion goes through record)."""
-        self._record_events((event,), observed_at)
-
     def _record_events(self, events: Iterable[AccountedEvent], observed_at: datetime) -> None:
         # The ingestion hot path: locals and inlined look-ups on purpose.
         latest_allowed = observed_at + MAX_CLOCK_SKEW

@@ -109,7 +109,6 @@ class Service:
         self.sources: dict[str, SseSource] = {}
         self.writer: StoreWriter | None = None
         self.store: Ledger | None = None
-        self.reloads = 0
         self.health_port = settings.health_port
         self.projections: dict[str, Any] | None = None
         self.budgets: list[dict[str, Any]] = []
@@ -334,7 +333,6 @@ class Service:
             self.dispatcher.settings = self.settings.alerts
         if old.log_level != self.settings.log_level:
             logging.getLogger().setLevel(self.settings.log_level.upper())
-        self.reloads += 1
         self.evaluate_budgets()
         log.info(
             "configuration reloaded",

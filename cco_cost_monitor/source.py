@@ -93,19 +93,15 @@ class ConnectionState:
     status: Status = "connecting"
     reason: str | None = None
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
-    connected_at: datetime | None = None
     last_frame_at: datetime | None = None
     last_snapshot_at: datetime | None = None
     reconnects: int = 0
-    connections: int = 0
     frames: int = 0
     snapshots: int = 0
-    last_http_status: int | None = None
     auth_rejected: bool = False
     bad_frames: dict[str, int] = field(default_factory=dict)
     # The latest bad frame's kind and detail ("invalid_value: activity.0.cost: ...").
     last_bad_frame: str | None = None
-    last_delay: float | None = None
     # When the source stopped being connected (None while connected): reconnect attempts
     # move between connecting and disconnected without resetting it.
     down_since: datetime | None = field(default_factory=lambda: datetime.now(UTC))
@@ -347,7 +343,6 @@ class SseSource:
             while True:
                 await self._connect_once(client)
                 delay = self.backoff.next_delay()
-                self.state.last_delay = delay
                 self.state.reconnects += 1
                 await anyio.sleep(delay)
 
@@ -358,7 +353,6 @@ class SseSource:
         connected_since: float | None = None
         try:
             async with client.stream("GET", self.spec.url, headers=self._headers()) as response:
-                state.last_http_status = response.status_code
                 if response.status_code != 200:
                     body = (await _read_at_most(response, 200)).decode("utf-8", "replace")
                     state.auth_rejected = response.status_code in (401, 403)
@@ -381,8 +375,6 @@ class SseSource:
                     state.move("error", f"not an SSE stream (content-type {content_type!r})")
                     self.log.warning("source is not an SSE stream", content_type=content_type)
                     return
-                state.connections += 1
-                state.connected_at = datetime.now(UTC)
                 state.move("connected", None)
                 self.log.info("connected", url=redact_url(self.spec.url))
                 healthy_since = connected_since = time.monotonic()

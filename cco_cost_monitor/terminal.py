@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from cco_cost_monitor.client import DaemonClient
     from cco_cost_monitor.render import WatchFrame
 
-__all__ = ["commands", "parse_moment", "report_rows"]
+__all__ = ["parse_moment", "report_rows"]
 
 
 def daemon_url(loaded: Any) -> str:
@@ -482,8 +482,3 @@ def _print_report_table(
     if not rows:
         table.add_row("(no spend recorded in this range)", "", "", "", "", "")
     _console().print(table)
-
-
-def commands() -> list[click.Command]:
-    """The commands :mod:`cco_cost_monitor.cli` attaches."""
-    return [status, watch, statusline, report]

@@ -25,6 +25,7 @@ from cco_cost_monitor.alerts import AlertDispatcher
 from cco_cost_monitor.budgets import Alert, AlertTracker
 from cco_cost_monitor.config import AlertSettings, load_settings
 from cco_cost_monitor.engine import Engine
+from cco_cost_monitor.facts import AccountedEvent
 from cco_cost_monitor.pricing import PriceTable
 from cco_cost_monitor.projections import HORIZONS
 from cco_cost_monitor.reconciler import Accounting
@@ -70,13 +71,22 @@ def _service(tmp_path: Path, now: datetime, **budgets: float) -> Service:
     return Service(load_settings(flags).settings, flags=flags, clock=lambda: now)
 
 
+def record_one(engine: Engine, event: AccountedEvent, observed_at: datetime) -> None:
+    """One accounted event through the engine's one entry point."""
+    engine.record(Accounting(event.source, observed_at, (event,)))
+
+
 def test_summary_figures_come_from_one_moment(tmp_path: Path) -> None:
     """Spend recorded after the last evaluation shows in periods, budgets and projections alike."""
     now = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
     service = _service(tmp_path, now, daily_usd=10.0)
-    service.engine.record_event(accounted_event(key="a", occurred_at=now, cost=0.4), now)
+    service.engine.record(
+        Accounting("default", now, (accounted_event(key="a", occurred_at=now, cost=0.4),))
+    )
     service.evaluate_budgets()
-    service.engine.record_event(accounted_event(key="b", occurred_at=now, cost=0.5), now)
+    service.engine.record(
+        Accounting("default", now, (accounted_event(key="b", occurred_at=now, cost=0.5),))
+    )
     document = service.summary()
     today = document["periods"]["today"]["cost_usd"]
     assert today == pytest.approx(0.9)
@@ -93,7 +103,7 @@ def test_reading_the_summary_fires_no_alert(tmp_path: Path) -> None:
     """Only the evaluation loop fires alerts; a request before its first round fires none."""
     now = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
     service = _service(tmp_path, now, daily_usd=1.0)
-    service.engine.record_event(accounted_event(key="a", occurred_at=now, cost=2.0), now)
+    record_one(service.engine, accounted_event(key="a", occurred_at=now, cost=2.0), now)
     document = service.summary()
     assert document["budgets"][0]["state"] == "exceeded"
     assert service.dispatcher.history() == []
@@ -288,7 +298,7 @@ def test_cache_savings_price_each_cache_hit_by_its_model_and_tokens() -> None:
     )
     call = accounted_event(key="c", occurred_at=now, cost=0.25, tokens=30_000)
     for event in (hit, failed_hit, call):
-        engine.record_event(event, now)
+        record_one(engine, event, now)
     expected = PriceTable.default().combined_usd("claude-opus-4-1", 30_000)
     assert expected is not None
     assert expected > 0.5  # opus list prices: well above the 30k-token call's $0.25
@@ -304,7 +314,7 @@ def test_last_5m_and_events_per_second() -> None:
     engine = Engine(zone=UTC)
     for second in range(0, 600, 2):  # one event every 2 s for 10 minutes
         moment = start + timedelta(seconds=second)
-        engine.record_event(accounted_event(key=str(second), occurred_at=moment, cost=0.01), moment)
+        record_one(engine, accounted_event(key=str(second), occurred_at=moment, cost=0.01), moment)
     now = start + timedelta(seconds=600)
     assert engine.window_cost(now, 300) == pytest.approx(150 * 0.01)
     assert engine.window_requests(now, 300) == 150
@@ -314,7 +324,7 @@ def test_last_5m_and_events_per_second() -> None:
     assert engine.events_per_second(later, 60) == pytest.approx(15 / 60)
     # Right after the first event the denominator is half the window, not 1 s.
     fresh = Engine(zone=UTC)
-    fresh.record_event(accounted_event(key="x", occurred_at=start, cost=0.01), start)
+    record_one(fresh, accounted_event(key="x", occurred_at=start, cost=0.01), start)
     assert fresh.events_per_second(start + timedelta(seconds=1), 60) == pytest.approx(1 / 30)
 
 
