@@ -8,13 +8,14 @@ server module (never ``web.run_app``, which would own the loop and the signals).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
 from cco_cost_monitor.engine import BucketKind
+from cco_cost_monitor.moments import FORMS, parse_moment
 from cco_cost_monitor.rounding import MONEY_DECIMALS, tidy
 
 # tidy and MONEY_DECIMALS live in rounding.py (import-free); re-exported for older imports.
@@ -47,21 +48,6 @@ def json_response(
     )
 
 
-def _parse_since(value: str | None, now: datetime) -> datetime | None:
-    """``since`` as RFC 3339, epoch seconds, or a relative ``30m`` / ``6h`` / ``7d``."""
-    if not value:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if value[-1:] in units and value[:-1].isdigit():
-        return now - timedelta(seconds=int(value[:-1]) * units[value[-1]])
-    try:
-        return datetime.fromtimestamp(float(value), UTC)
-    except ValueError:
-        pass
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def make_app(service: ServiceView) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
 
@@ -88,11 +74,10 @@ def make_app(service: ServiceView) -> web.Application:
         if kind not in ("minute", "hour", "day"):
             raise web.HTTPBadRequest(text="bucket must be minute, hour or day\n")
         try:
-            since = _parse_since(request.query.get("since"), datetime.now(UTC))
-        except (ValueError, OverflowError, OSError):
-            raise web.HTTPBadRequest(
-                text="since must be RFC 3339, epoch seconds or like 30m/6h/7d\n"
-            ) from None
+            value = request.query.get("since")
+            since = parse_moment(value, datetime.now(UTC)) if value else None
+        except ValueError:
+            raise web.HTTPBadRequest(text=f"since must be one of: {FORMS}\n") from None
         rows = service.timeseries(kind, since)  # type: ignore[arg-type]
         return json_response(
             {"bucket": kind, "since": since.isoformat() if since else None, "buckets": rows}

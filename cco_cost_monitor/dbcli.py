@@ -17,6 +17,7 @@ import click
 
 from cco_cost_monitor.cli import EXIT_FAILURE, _load, location_options
 from cco_cost_monitor.errors import StoreError
+from cco_cost_monitor.moments import FORMS, parse_moment
 
 
 def _open(settings: Any, *, readonly: bool) -> Any:
@@ -82,16 +83,14 @@ def export(
     kind: str, fmt: str, since: str | None, until: str | None, output: Path | None, **options: Any
 ) -> None:
     """Write stored rows as JSON lines or CSV."""
-    from cco_cost_monitor.terminal import parse_moment  # noqa: PLC0415
-
     loaded, _ = _load(options)
     settings = loaded.settings
     now = datetime.now(UTC)
     try:
         start = parse_moment(since, now, settings.zone) if since else None
         end = parse_moment(until, now, settings.zone) if until else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    except ValueError:
+        raise click.BadParameter(f"use {FORMS}", param_hint="--since/--until") from None
     store = _open(settings, readonly=True)
     try:
         if output is None:

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from cco_cost_monitor.cli import (
     client_options,
     location_options,
 )
+from cco_cost_monitor.moments import FORMS, parse_moment
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from cco_cost_monitor.client import DaemonClient
     from cco_cost_monitor.render import WatchFrame
 
-__all__ = ["parse_moment", "report_rows"]
+__all__ = ["report_rows"]
 
 
 def daemon_url(loaded: Any) -> str:
@@ -326,29 +327,14 @@ def watch(interval: float, wait: bool, once: bool, **options: Any) -> None:
 
 GROUPS = ("day", "hour", "tier", "model")
 FORMATS = ("table", "json", "csv")
-_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FIELDS = ("cost_usd", "requests", "tokens", "cache_hits", "events")
 
 
-def parse_moment(value: str, now: datetime, zone: tzinfo) -> datetime:
-    """``7d``/``12h``/``30m``/``2w`` ago, ``now``, ``today``, a date or an RFC 3339 time.
-
-    A date or a time without an offset is local to ``zone``.
-    """
-    text = value.strip().lower()
-    if text == "now":
-        return now
-    if text == "today":
-        return now.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
-    if text[-1:] in _UNITS and text[:-1].isdigit():
-        return now - timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
+def _moment(value: str, now: datetime, zone: tzinfo, option: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return parse_moment(value, now, zone)
     except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: use 7d, 12h, 30m, now, today, 2025-11-17 or an RFC 3339 time"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+        raise click.BadParameter(f"{value!r}: use {FORMS}", param_hint=option) from None
 
 
 def report_rows(rows: Sequence[Any], by: str) -> list[dict[str, Any]]:
@@ -393,8 +379,8 @@ def report(since: str, until: str, by: str, fmt: str, **options: Any) -> None:
     settings = loaded.settings
     zone = settings.zone
     now = datetime.now(UTC)
-    start = parse_moment(since, now, zone).astimezone(zone)
-    end = parse_moment(until, now, zone)
+    start = _moment(since, now, zone, "--since").astimezone(zone)
+    end = _moment(until, now, zone, "--until")
     start = start.replace(minute=0, second=0, microsecond=0)
     if by == "day":
         start = start.replace(hour=0)
