@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from cco_cost_monitor.config import BudgetLimits, BudgetSettings
 from cco_cost_monitor.engine import Engine
@@ -29,6 +29,8 @@ from cco_cost_monitor.projections import horizon_bounds, period_spent, project
 
 __all__ = [
     "BUDGET_HORIZONS",
+    "BUDGET_STATE",
+    "BUDGET_STATES",
     "Alert",
     "AlertKind",
     "AlertTracker",
@@ -37,6 +39,10 @@ __all__ = [
 ]
 
 BudgetState = Literal["ok", "warning", "exceeded", "projected_to_exceed"]
+#: Every state a budget can be in, in order of severity (the words /api/summary sends).
+BUDGET_STATES: tuple[BudgetState, ...] = get_args(BudgetState)
+#: Name of the alert tracker's state in the store's component_state table.
+BUDGET_STATE = "budgets"
 AlertKind = Literal["threshold", "predicted", "recovered"]
 BudgetPeriod = Literal["daily", "weekly", "monthly"]
 BUDGET_HORIZONS: dict[BudgetPeriod, str] = {

@@ -24,14 +24,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from cco_cost_monitor import __version__
+from cco_cost_monitor.budgets import BUDGET_STATES
+from cco_cost_monitor.summary import PERIODS
 
 if TYPE_CHECKING:
     from cco_cost_monitor.server import Service
 
 __all__ = ["ServiceCollector", "make_registry", "metrics_handler"]
 
-PERIODS = ("this_hour", "today", "this_week", "this_month")
-BUDGET_STATES = ("ok", "warning", "exceeded", "projected_to_exceed")
 
 
 def _number(value: Any) -> float | None:

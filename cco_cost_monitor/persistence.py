@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 
 from cco_cost_monitor import sdnotify
-from cco_cost_monitor.budgets import Alert
+from cco_cost_monitor.budgets import BUDGET_STATE, Alert
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.reconciler import SourceState
@@ -80,7 +80,6 @@ async def attach(service: Service) -> None:
             "left out; the totals exclude them",
             values=repaired,
         )
-    from cco_cost_monitor.server import BUDGET_STATE  # noqa: PLC0415  (server imports us)
 
     tracker_state = restored.component_states.get(BUDGET_STATE)
     if tracker_state is not None:

@@ -31,11 +31,11 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from cco_cost_monitor import __version__, lean, sdnotify, statedir
+from cco_cost_monitor import __version__, extensions, lean, persistence, sdnotify, statedir
 from cco_cost_monitor.alerts import AlertDispatcher
 from cco_cost_monitor.api import make_app
-from cco_cost_monitor.budgets import AlertTracker, evaluate
-from cco_cost_monitor.client import RUNTIME_FILE
+from cco_cost_monitor.budgets import BUDGET_STATE, AlertTracker, evaluate
+from cco_cost_monitor.client import RUNTIME_FILE, format_statusline
 from cco_cost_monitor.config import Settings, SourceSpec, load_settings
 from cco_cost_monitor.engine import BucketKind, Engine, PruneClock
 from cco_cost_monitor.errors import ConfigError, StartupError
@@ -52,7 +52,7 @@ from cco_cost_monitor.summary import SourceView, build_health, build_summary
 from cco_cost_monitor.wire import Frame
 from cco_cost_monitor.writer import StoreWriter
 
-__all__ = ["BUDGET_STATE", "Service", "run_service"]
+__all__ = ["Service", "run_service"]
 
 # Settings a SIGHUP applies to the running service; any other change needs a restart.
 LIVE_SETTINGS = frozenset(
@@ -74,8 +74,6 @@ MEMORY_RELEASE_SECONDS = 30.0
 # How often projections and budgets are re-evaluated while no count changes (time alone
 # moves them slowly: remaining hours, a period boundary).
 EVALUATE_IDLE_SECONDS = 60.0
-# Name of the alert tracker's state in the store's component_state table.
-BUDGET_STATE = "budgets"
 
 log = get_logger("cco_cost_monitor.server")
 Clock = Callable[[], datetime]
@@ -194,9 +192,7 @@ class Service:
         ]
 
     def store_status(self) -> dict[str, Any] | None:
-        from cco_cost_monitor.persistence import writer_status  # noqa: PLC0415
-
-        return writer_status(self.writer)
+        return persistence.writer_status(self.writer)
 
     def health(self) -> tuple[dict[str, Any], int]:
         document = build_health(
@@ -285,8 +281,6 @@ class Service:
 
     def statusline(self) -> str:
         """The same line ``cco-monitor statusline`` prints: today, burn rate, budget state."""
-        from cco_cost_monitor.client import format_statusline  # noqa: PLC0415
-
         return format_statusline(self.summary())
 
     # -- reload ------------------------------------------------------------------------
@@ -537,21 +531,15 @@ async def _watchdog() -> None:
 
 async def _open_store(service: Service) -> None:
     """Open the database and restore what was counted."""
-    from cco_cost_monitor import persistence  # noqa: PLC0415
-
     await persistence.attach(service)
 
 
 async def _close_store(service: Service) -> None:
-    from cco_cost_monitor import persistence  # noqa: PLC0415
-
     await persistence.detach(service)
 
 
 def _extend_app(app: web.Application, service: Service) -> None:
     """Routes owned by other modules (metrics, dashboard)."""
-    from cco_cost_monitor import extensions  # noqa: PLC0415
-
     extensions.install(app, service)
 
 
