@@ -225,6 +225,36 @@ def test_reload_of_nothing_then_a_loss_before_any_quiet_point_is_exact() -> None
     assert cost == pytest.approx(proxy.cost, abs=1e-9)
 
 
+def test_twin_queued_across_a_hidden_restart_is_a_second_request() -> None:
+    """Two identical calls, one recorded before a restart and one queued during it: the new
+    ring's first window begins with an event identical to the last window's newest. It still
+    shows the restart (a short window not continuing the last), and its every event is new:
+    two requests, two keys (before: the twin was taken for the overlap, one request lost)."""
+    proxy, reconciler = start()
+    proxy.tick(5)
+    for index in range(25):
+        proxy.call(index % 3, 1000 + index, "api")
+    moment = proxy.clock
+    proxy.call(1, 0, "twin")
+    seen_keys = [event.key for event in deliver(reconciler, proxy).events]
+    proxy.save()
+    proxy.restart(uptime_drops=False)
+    proxy.clock = moment  # the queued twin carries the moment of its request
+    proxy.call(1, 0, "twin")  # the same content at the same moment
+    proxy.tick(1.0)
+    proxy.call(2, 3000, "api")
+    proxy.tick(5)
+    accounting = deliver(reconciler, proxy)
+    assert accounting.proxy_restart
+    assert [event.requests for event in accounting.events] == [1, 1]
+    assert len({event.key for event in accounting.events} | set(seen_keys)) == len(seen_keys) + 2
+    for _ in range(2):
+        proxy.tick(5)
+        deliver(reconciler, proxy)
+    # 26 calls before the restart (6 of them scrolled out, unattributed), 2 after.
+    assert counted(reconciler)[0] == 26 + 2
+
+
 def test_change_of_wire_format_is_a_restart() -> None:
     """Events that gain status and cost come from another binary: a restart."""
     reconciler = Reconciler("p", PRICES)

@@ -133,7 +133,10 @@ class AnalyticsStrategy:
         previous_at = book.last_snapshot_at
         common = overlap(previous, window)
         restart = self._restarted(snap, window, common, signature)
-        fresh = [] if oversized else list(zip(window[common:], activity[common:], strict=True))
+        # A new process's ring starts empty: every event of its first window is new, even one
+        # identical to the last event seen before (a twin queued across the restart).
+        start = 0 if restart else common
+        fresh = [] if oversized else list(zip(window[start:], activity[start:], strict=True))
         events = [
             self._account_activity(self.occurrences.key(key), event, observed_at)
             for key, event in fresh
