@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["ServiceCollector", "make_registry", "metrics_handler"]
 
 
-
 def _number(value: Any) -> float | None:
     """``value`` as a float when it is a real number (not a bool, not None)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
