@@ -5,6 +5,7 @@ types)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cco_cost_monitor"
@@ -84,3 +85,21 @@ def test_the_package_has_no_import_circle() -> None:
 def test_the_circle_check_sees_a_circle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]
+
+
+def test_the_readme_module_table_names_every_module() -> None:
+    """The README's layout table is the tree: every module and package, and nothing else."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = {
+        name
+        for line in table.splitlines()
+        if line.startswith("| `")
+        for name in re.findall(r"`([\w./]+)`", line.split("|")[1])
+    }
+    tree = {path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py"} | {
+        f"{path.name}/"
+        for path in PACKAGE.iterdir()
+        if path.is_dir() and not path.name.startswith("__")
+    }
+    assert named == tree
