@@ -4,24 +4,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cco_cost_monitor.api import MAX_EVENTS, make_app
+from cco_cost_monitor.config import load_settings
 from cco_cost_monitor.engine import BucketKind
+from cco_cost_monitor.server import Service
 
 
 class FakeService:
     """Answers like the real service, with fixed documents."""
 
-    def __init__(self, status: str = "pass") -> None:
-        self.status = status
+    def __init__(self) -> None:
         self.since: list[datetime | None] = []
 
     def health(self) -> tuple[dict[str, Any], int]:
-        return {"status": self.status}, 503 if self.status == "fail" else 200
+        return {"status": "pass"}, 200
 
     def summary(self) -> dict[str, Any]:
         return {"totals": {"cost_usd": 1.5}}
@@ -77,12 +79,24 @@ async def test_health_is_health_json_and_never_cached(client: TestClient[Any, An
     assert response.headers["Cache-Control"] == "no-store"
 
 
-async def test_failing_health_answers_503() -> None:
-    """status fail is HTTP 503; warn and pass are 200."""
-    async with TestClient(TestServer(make_app(FakeService("fail")))) as test_client:
-        assert (await test_client.get("/health")).status == 503
-    async with TestClient(TestServer(make_app(FakeService("warn")))) as test_client:
-        assert (await test_client.get("/health")).status == 200
+async def test_failing_health_answers_503(tmp_path: Path) -> None:
+    """The real service's health over HTTP: fail is 503 (rejected credentials), warn is 200
+    (a source still inside its grace period)."""
+    flags: dict[str, Any] = {
+        "state_dir": str(tmp_path / "s"),
+        "sources": ["http://127.0.0.1:9/api/stream"],
+    }
+    service = Service(load_settings(flags).settings, flags=flags)
+    (source,) = service.sources.values()
+    source.state.move("error", "HTTP 401: no")
+    source.state.auth_rejected = True
+    async with TestClient(TestServer(make_app(service))) as test_client:
+        response = await test_client.get("/health")
+        assert (response.status, (await response.json())["status"]) == (503, "fail")
+        source.state.auth_rejected = False
+        source.state.move("disconnected", "ConnectError: refused")
+        response = await test_client.get("/health")
+        assert (response.status, (await response.json())["status"]) == (200, "warn")
 
 
 async def test_money_is_served_without_float_noise() -> None:
