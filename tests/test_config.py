@@ -53,16 +53,19 @@ def test_nested_env_sets_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
         ("no_such_key = 1\n", "no_such_key"),
         ("[budgets]\ndaily_usd = -1\n", "budgets.daily_usd"),
         ("timezone = 'Mars/Olympus'\n", "timezone"),
-        ("[prices]\ngpt-4 = { input = -3, output = 1 }\n", "gpt-4"),
+        ("[prices]\ngpt-4 = { input = -3, output = 1 }\n", "prices"),
     ],
 )
 def test_invalid_file_names_the_key(tmp_path: Path, text: str, key: str) -> None:
-    """An invalid value or unknown key raises ConfigError naming the key."""
+    """An invalid value or unknown key raises ConfigError naming the key (as a dotted path,
+    where it comes from, then why)."""
     config = tmp_path / "config.toml"
     config.write_text(text)
     with pytest.raises(ConfigError) as caught:
         load_settings({"config": str(config)})
-    assert key in str(caught.value)
+    assert str(caught.value).startswith(f"invalid configuration: {key} (config file): ")
+    if key == "prices":
+        assert "price override 'gpt-4'" in str(caught.value)
 
 
 def test_sources_accept_names_and_refuse_duplicates() -> None:
