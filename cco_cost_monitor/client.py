@@ -277,24 +277,25 @@ def resolve_endpoint(
 
 # -- the status line ---------------------------------------------------------------------
 
-_OK_STATES = frozenset({"ok", "under", "normal", "pass", "within"})
-_OVER_STATES = frozenset({"over", "exceeded", "breached", "fail", "critical"})
-_WARN_STATES = frozenset({"warning", "warn", "projected_to_exceed"})
+#: The level of each budget state the daemon sends (``budgets.BUDGET_STATES``; a test keeps
+#: the two equal: this module stays stdlib-only, so it cannot import them).
+BUDGET_LEVELS = {
+    "ok": "ok",
+    "warning": "warn",
+    "projected_to_exceed": "warn",
+    "exceeded": "over",
+}
 
 
 def budget_level(budget: Mapping[str, Any]) -> str:
     """``ok``, ``warn`` or ``over`` for one budget entry of ``/api/summary``.
 
-    Uses the daemon's ``state`` when it is one of the known words, else ``used_ratio``
-    (and the projection): >= 1 over, >= 0.75 or projected over the limit warn.
+    Uses the daemon's ``state``, else (a daemon of another version) ``used_ratio`` and the
+    projection: >= 1 over, >= 0.75 or projected over the limit warn.
     """
     state = str(budget.get("state") or "").lower()
-    if state in _OVER_STATES:
-        return "over"
-    if state in _OK_STATES:
-        return "ok"
-    if state in _WARN_STATES:
-        return "warn"
+    if state in BUDGET_LEVELS:
+        return BUDGET_LEVELS[state]
     ratio = _number(budget.get("used_ratio"))
     limit = _number(budget.get("limit_usd"))
     projected = _number(budget.get("projected_usd"))

@@ -9,7 +9,8 @@ import pytest
 from rich.console import Console, RenderableType
 
 from cco_cost_monitor import render
-from cco_cost_monitor.client import budget_level, format_statusline
+from cco_cost_monitor.budgets import BUDGET_STATES
+from cco_cost_monitor.client import BUDGET_LEVELS, budget_level, format_statusline
 
 NOW = datetime(2025, 11, 17, 18, 30, 15, tzinfo=UTC)
 
@@ -55,7 +56,7 @@ def summary_doc(**overrides: Any) -> dict[str, Any]:
                 "spent_usd": 42.5,
                 "used_ratio": 0.85,
                 "projected_usd": 110.0,
-                "state": "warn",
+                "state": "warning",
             },
             {
                 "period": "monthly",
@@ -159,7 +160,7 @@ def test_status_shows_periods_tiers_rates_projections_and_budgets() -> None:
     daily = line_with(out, "daily")
     assert daily.split()[:3] == ["daily", "$42.50", "$50.00"]
     assert "85%" in daily
-    assert daily.rstrip().endswith("warn")
+    assert daily.rstrip().endswith("warning")
     assert line_with(out, "monthly").rstrip().endswith("39%   $1,500.00   ok")
 
 
@@ -350,20 +351,23 @@ def test_watch_frame_before_any_data() -> None:
     ("budget", "level"),
     [
         ({"state": "ok", "used_ratio": 0.9}, "ok"),
-        ({"state": "over", "used_ratio": 0.5}, "over"),
         ({"used_ratio": 1.2}, "over"),
         ({"used_ratio": 0.8}, "warn"),
         ({"used_ratio": 0.1, "limit_usd": 10, "projected_usd": 12}, "warn"),
         ({"used_ratio": 0.1}, "ok"),
-        ({"state": "projected_over", "used_ratio": 0.1}, "warn"),
+        ({"state": "some_future_word", "used_ratio": 0.1}, "warn"),
         ({"state": "warning", "used_ratio": 0.5}, "warn"),
         ({"state": "projected_to_exceed", "used_ratio": 0.2}, "warn"),
         ({"state": "exceeded", "used_ratio": 1.01}, "over"),
     ],
 )
 def test_budget_level(budget: dict[str, Any], level: str) -> None:
-    """Known states are trusted; otherwise the ratio and projection decide."""
+    """The daemon's states are trusted; otherwise the ratio and projection decide."""
     assert budget_level(budget) == level
+
+
+def test_the_client_knows_exactly_the_states_the_daemon_sends() -> None:
+    assert set(BUDGET_LEVELS) == set(BUDGET_STATES)
 
 
 def test_statusline_format() -> None:
