@@ -21,13 +21,16 @@ from typing import Any, TypeVar
 import click
 
 from cco_cost_monitor import __version__
-from cco_cost_monitor.errors import AlreadyRunning, ConfigError, MonitorError, StartupError
+from cco_cost_monitor.errors import (
+    EXIT_FAILURE,
+    EXIT_NOT_RUNNING,
+    AlreadyRunning,
+    ConfigError,
+    MonitorError,
+    StartupError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_NOT_RUNNING = 3
 
 
 def _option_table(hidden: bool = False) -> dict[str, Callable[[F], F]]:

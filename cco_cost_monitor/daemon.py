@@ -36,7 +36,13 @@ from typing import NoReturn, TextIO
 
 import daemon as python_daemon
 
-from cco_cost_monitor.errors import AlreadyRunning, MonitorError
+from cco_cost_monitor.errors import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_FAILURE,
+    EXIT_OK,
+    AlreadyRunning,
+    MonitorError,
+)
 from cco_cost_monitor.pidlock import lock_held, running_pid
 from cco_cost_monitor.sdnotify import under_service_manager
 
@@ -53,9 +59,6 @@ __all__ = [
     "under_service_manager",
 ]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_ALREADY_RUNNING = 3
 
 #: ``service(on_ready) -> exit status``; see the module docstring for what it must do.
 Service = Callable[[Callable[[], None]], int]

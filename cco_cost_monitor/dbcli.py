@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from cco_cost_monitor.cli import EXIT_FAILURE, _load, location_options
-from cco_cost_monitor.errors import StoreError
+from cco_cost_monitor.cli import _load, location_options
+from cco_cost_monitor.errors import EXIT_FAILURE, StoreError
 from cco_cost_monitor.moments import FORMS, parse_moment
 
 

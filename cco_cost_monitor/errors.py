@@ -6,9 +6,17 @@ MonitorError
 ├── StoreError         -- the database is corrupt, locked or unwritable
 ├── AlreadyRunning     -- another daemon holds the PID lock (exit 3)
 └── WireError          -- a frame that is not what the proxy sends (counted and skipped)
+
+and the exit codes the commands answer with (the README's table).
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+#: ``start``: another daemon holds the lock. ``status``/``stop``: the same number, "not running".
+EXIT_ALREADY_RUNNING = 3
+EXIT_NOT_RUNNING = 3
 
 
 class MonitorError(Exception):

@@ -21,14 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cco_cost_monitor.cli import (
-    EXIT_FAILURE,
-    EXIT_NOT_RUNNING,
-    EXIT_OK,
-    _load,
-    client_options,
-    location_options,
-)
+from cco_cost_monitor.cli import _load, client_options, location_options
+from cco_cost_monitor.errors import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK
 from cco_cost_monitor.moments import FORMS, parse_moment
 
 if TYPE_CHECKING:
