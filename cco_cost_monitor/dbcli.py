@@ -70,8 +70,8 @@ def check(**options: Any) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
-@click.option("--since", default=None, help="RFC 3339 or relative (30m, 6h, 7d).")
-@click.option("--until", default=None, help="RFC 3339 or relative; default now.")
+@click.option("--since", default=None, help=f"Start: {FORMS}.")
+@click.option("--until", default=None, help="End (exclusive), same forms; default now.")
 @click.option(
     "--output",
     "-o",

@@ -355,7 +355,7 @@ def _totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     "--since",
     default="7d",
     show_default=True,
-    help="Start: 7d, 12h, today, 2025-11-17 or an RFC 3339 time.",
+    help=f"Start: {FORMS}.",
 )
 @click.option("--until", default="now", show_default=True, help="End (exclusive), same forms.")
 @click.option("--by", "by", type=click.Choice(GROUPS), default="day", show_default=True)
