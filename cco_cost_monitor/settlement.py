@@ -134,6 +134,10 @@ class Settlement:
         # How often each estimate of the reloaded calls and cost was seen (see _vote).
         self.call_votes: dict[str, int] = dict(state.get("call_votes", {}))
         self.cost_votes: dict[str, int] = dict(state.get("cost_votes", {}))
+        # Estimates given by a snapshot with no event since the restart: no event can be ahead
+        # of its counters (the common race), so on a tie they outweigh the others.
+        self.clean_calls: set[str] = set(state.get("clean_calls", []))
+        self.clean_costs: set[str] = set(state.get("clean_costs", []))
         # What the settled snapshots since the restart prove of the reloaded totals (_narrow).
         self.low: tuple[int, float] | None = _pair(state.get("low"))
         self.high: tuple[int, float] | None = _pair(state.get("high"))
@@ -159,6 +163,8 @@ class Settlement:
             "refining": self.refining,
             "call_votes": self.call_votes,
             "cost_votes": self.cost_votes,
+            "clean_calls": sorted(self.clean_calls),
+            "clean_costs": sorted(self.clean_costs),
             "low": list(self.low) if self.low else None,
             "high": list(self.high) if self.high else None,
             "cap": list(self.cap) if self.cap else None,
@@ -198,8 +204,8 @@ class Settlement:
         """Begin a proxy run at ``anchor`` (first contact, or the estimate after a restart).
 
         ``cap``: the reloaded totals are at most this (the last seen before a restart whose
-        first window may have lost events). ``likely``: reloaded totals to prefer where the
-        snapshots allow them (see :meth:`_vote`).
+        first window may have lost events). ``likely``: reloaded totals whose calls are taken
+        when the voted cost meets theirs exactly (see :meth:`_vote`).
         """
         self.anchor = anchor
         self.anchor_unexplained_requests = unexplained_requests
@@ -208,6 +214,8 @@ class Settlement:
         self.refining = estimated
         self.call_votes = {}
         self.cost_votes = {}
+        self.clean_calls = set()
+        self.clean_costs = set()
         self.low = None
         self.high = None
         self.cap = cap
@@ -328,22 +336,26 @@ class Settlement:
             return
         calls = now.calls - (now.seen_requests - anchor.seen_requests)
         cost = now.cost - (now.seen_cost - anchor.seen_cost)
+        call_key, cost_key = str(calls), f"{cost:.9f}"
+        if now.seen_requests == anchor.seen_requests:
+            # No event since the restart, so none can be ahead of these counters.
+            self.clean_calls.add(call_key)
+            self.clean_costs.add(cost_key)
         # Calls and cost are read apart and race apart: each has its own vote.
+        best_calls = int(_most_seen(self.call_votes, call_key, self.clean_calls))
+        best_cost = float(_most_seen(self.cost_votes, cost_key, self.clean_costs))
         low, high = self.low, self.high
-        likely_calls = {
-            str(c)
-            for c, _ in self.likely
-            if (low is None or c >= low[0]) and (high is None or c <= high[0])
-        }
-        likely_cost = {
-            f"{k:.9f}"
-            for _, k in self.likely
-            if (low is None or k >= low[1] - COST_EPSILON)
-            and (high is None or k <= high[1] + COST_EPSILON)
-        }
-        best_calls = _most_seen(self.call_votes, str(calls), likely_calls)
-        best_cost = _most_seen(self.cost_votes, f"{cost:.9f}", likely_cost)
-        self._set_anchor(int(best_calls), float(best_cost), replace=True)
+        for likely_calls, likely_cost in self.likely:
+            # A sum of prices met to a nano-dollar is no coincidence: the reload is that one,
+            # calls included (whose votes, small integers, race into one another easily).
+            if (
+                likely_cost > 0
+                and abs(best_cost - likely_cost) <= COST_EPSILON
+                and (low is None or likely_calls >= low[0])
+                and (high is None or likely_calls <= high[0])
+            ):
+                best_calls = likely_calls
+        self._set_anchor(best_calls, best_cost, replace=True)
 
     def _set_anchor(self, calls: int, cost: float, *, replace: bool = False) -> None:
         anchor = self.anchor
@@ -445,11 +457,13 @@ def _pair(value: Any) -> tuple[int, float] | None:
     return (int(value[0]), float(value[1])) if value else None
 
 
-def _most_seen(votes: dict[str, int], value: str, likely: set[str]) -> str:
+def _most_seen(votes: dict[str, int], value: str, clean: set[str]) -> str:
     """Count one more ``value``; the value seen most often. A tie of two snapshots is one
-    race either way: then a ``likely`` value, else the smaller. (A likely value never seen
-    is not a candidate: one snapshot without a race outweighs any prior.)"""
+    race either way: then a ``clean`` value (given by a snapshot no event can be ahead of),
+    else the larger (the common race, events ahead of the counters, makes an estimate low;
+    and a reload taken too large counts too little, never a request that was not made)."""
     votes[value] = votes.get(value, 0) + 1
     if len(votes) > VOTE_LIMIT:
         del votes[min(votes, key=votes.__getitem__)]
-    return max(votes, key=lambda key: (votes[key], key in likely, -float(key)))
+        clean.intersection_update(votes)
+    return max(votes, key=lambda key: (votes[key], key in clean, float(key)))

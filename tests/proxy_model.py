@@ -64,11 +64,14 @@ class ProxyModel:
     # The truth when the last snapshot read ``calls`` and when it read ``cost``.
     read_calls_truth: int = 0
     read_cost_truth: float = 0.0
+    # Ring events ever written (a window of 20 misses some when more come between reads).
+    pushed: int = 0
 
     def tick(self, seconds: float = 0.25) -> None:
         self.clock += timedelta(seconds=seconds)
 
     def _push(self, event: dict[str, Any]) -> None:
+        self.pushed += 1
         self.ring.append(event)
         if len(self.ring) > 100:
             self.ring.pop(0)
