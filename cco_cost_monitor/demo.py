@@ -229,23 +229,25 @@ def _truth(ledger: dict[str, Any]) -> tuple[float | None, int]:
 
 
 def _line(service: Any, ledger: dict[str, Any]) -> str:
+    from cco_cost_monitor.render import money  # noqa: PLC0415  (rich only when shown)
+
     summary = service.summary()
     totals = summary["totals"]
     truth_cost, truth_calls = _truth(ledger)
-    truth = (
-        f" | simulator truth ${truth_cost:.4f} / {truth_calls} req"
-        if truth_cost is not None
-        else ""
-    )
+    truth = ""
+    if truth_cost is not None:
+        exact = totals["requests"] == truth_calls and abs(totals["cost_usd"] - truth_cost) <= 1e-9
+        verdict = "exact" if exact else "not yet settled"
+        truth = f" | simulator truth {money(truth_cost)} / {truth_calls} req ({verdict})"
     tiers = " ".join(
-        f"{tier} ${row['cost_usd']:.3f}"
+        f"{tier} {money(row['cost_usd'])}"
         for tier, row in summary["by_tier"].items()
         if row["requests"]
     )
     source = summary["sources"][0]
     return (
-        f"[{source['connection_status']}] counted ${totals['cost_usd']:.4f} / "
-        f"{totals['requests']} req (unattributed ${totals['unattributed_cost_usd']:.4f}, "
+        f"[{source['connection_status']}] counted {money(totals['cost_usd'])} / "
+        f"{totals['requests']} req (unattributed {money(totals['unattributed_cost_usd'])}, "
         f"{totals['unattributed_requests']} req; proxy restarts {source['proxy_restarts']})"
-        f"{truth} | {tiers} | burn ${summary['burn_rate_usd_per_hour']['5m']:.2f}/h"
+        f"{truth} | {tiers} | burn {money(summary['burn_rate_usd_per_hour']['5m'])}/h"
     )

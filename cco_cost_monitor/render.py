@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from rich import box
@@ -82,13 +83,19 @@ def _num(value: Any) -> float | None:
 
 
 def money(value: Any) -> str:
-    """``$1,234.57``; sub-cent amounts keep four decimals; ``—`` for null."""
+    """The one money format, the dashboard's ``usd()`` too: ``$1,234.57``, four decimals only
+    below a dollar (``$0.7760``), ``<$0.0001`` below that; ``—`` for null.
+
+    Rounded as the page's ``Intl`` rounds, half away from zero on the number's shortest
+    decimal form (0.69285 -> 0.6929, where Python's format rounds the binary value down)."""
     number = _num(value)
-    if number is None:
+    if number is None or not math.isfinite(number):
         return DASH
-    if 0 < abs(number) < 0.01:
-        return f"${number:,.4f}"
-    return f"${number:,.2f}"
+    if 0 < abs(number) < 0.0001:
+        return "<$0.0001"
+    places = Decimal("0.0001") if 0 < abs(number) < 1 else Decimal("0.01")
+    rounded = Decimal(repr(abs(float(number)))).quantize(places, rounding=ROUND_HALF_UP)
+    return f"{'-' if number < 0 and rounded else ''}${rounded:,}"
 
 
 def count(value: Any) -> str:

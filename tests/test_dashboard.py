@@ -18,7 +18,6 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from cco_cost_monitor.api import make_app
 from cco_cost_monitor.config import Settings, SourceSpec
 from cco_cost_monitor.dashboard import STATIC_FILES
 from cco_cost_monitor.extensions import install
+from cco_cost_monitor.render import money as usd
 from cco_cost_monitor.server import Service
 from tests.cdp import Page, browser
 from tests.helpers_obs import (
@@ -46,26 +46,17 @@ STATIC = REPO / "cco_cost_monitor" / "static"
 VENDORED = ("vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "vendor/uPlot.LICENSE")
 
 
-def usd(value: float) -> str:
-    """The dashboard's money format: $1,234.56, four decimals only below a dollar.
-
-    Intl rounds the number's shortest decimal form half away from zero (0.69285 -> 0.6929),
-    where Python's format rounds the binary value (0.69285 -> 0.6928), so round like Intl."""
-    if 0 < abs(value) < 0.0001:
-        return "<$0.0001"
-    places = Decimal("0.0001") if 0 < abs(value) < 1 else Decimal("0.01")
-    rounded = Decimal(repr(abs(value))).quantize(places, rounding=ROUND_HALF_UP)
-    return f"{'-' if value < 0 else ''}${rounded:,}"
-
-
 def test_money_format_of_the_test_is_the_pages() -> None:
-    """The page's usd() is the one these tests compare with (same cases, same text)."""
+    """The page's usd() is render.money, the terminal's (same cases, same text)."""
     script = (STATIC / "dashboard.js").read_text()
     assert "abs > 0 && abs < 1 ? 4 : 2; // more digits only below a dollar" in script
     assert usd(2173.1277) == "$2,173.13"
     assert usd(0.77601) == "$0.7760"
     assert usd(0.0) == "$0.00"
     assert usd(0.69285) == "$0.6929"
+    assert usd(0.00004) == "<$0.0001"
+    assert usd(-2.5) == "-$2.50"
+    assert usd(None) == "—"
 
 
 async def test_page_and_assets_are_served_with_a_strict_policy(tmp_path: Path) -> None:

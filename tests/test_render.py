@@ -146,7 +146,7 @@ def test_status_shows_periods_tiers_rates_projections_and_budgets() -> None:
     assert line_with(out, "this hour").split()[-2:] == ["$4.25", "77"]
     assert line_with(out, "this month").split()[-2:] == ["$777.77", "40,000"]
     assert line_with(out, "since first contact").split()[-2:] == ["$123.46", "4,321"]
-    assert line_with(out, "last 5 min").split()[-2:] == ["$0.55", "9"]
+    assert line_with(out, "last 5 min").split()[-2:] == ["$0.5500", "9"]
     assert line_with(out, "cache saved 3.5%").split()[-2:] == ["$4.50", "12"]
     assert "· 4.2 events/s" in out
     assert line_with(out, "opus").split() == ["opus", "$90.00", "75%", "1,000", "2,500,000"]
@@ -325,7 +325,7 @@ def test_watch_frame_shows_everything() -> None:
         "opus",
         "claude-opus-4-1",
         "12,345",
-        "$0.43",
+        "$0.4321",
     ]
     assert "unreachable" not in out
 
