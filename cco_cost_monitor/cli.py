@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import orjson
 
 from cco_cost_monitor import __version__
 from cco_cost_monitor.errors import (
@@ -29,6 +30,7 @@ from cco_cost_monitor.errors import (
     MonitorError,
     StartupError,
 )
+from cco_cost_monitor.redact import redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -146,6 +148,9 @@ def flags_from(options: dict[str, Any]) -> dict[str, Any]:
     """Only the options given on the command line, in settings-key form."""
     flags = {key: value for key, value in options.items() if value not in (None, ())}
     sources = flags.pop("sources", None)
+    if not sources and (moved := os.environ.get(SOURCE_FLAGS_ENV)):
+        # Where `start` moves --source values with credentials before it re-executes.
+        sources = tuple(orjson.loads(moved))
     token = flags.pop("source_token", None)
     if token is None and sources:
         # Where `start` moves --source-token before it re-executes itself (see below).
@@ -153,12 +158,11 @@ def flags_from(options: dict[str, Any]) -> dict[str, Any]:
     if sources:
         specs: list[dict[str, Any]] = []
         for index, raw in enumerate(sources):
-            name, sep, url = raw.partition("=")
-            spec: dict[str, Any] = (
-                {"name": name, "url": url}
-                if sep and "://" not in name
-                else {"name": "default" if index == 0 else f"source{index}", "url": raw}
-            )
+            name, url = _split_source(raw)
+            spec: dict[str, Any] = {
+                "name": name or ("default" if index == 0 else f"source{index}"),
+                "url": url,
+            }
             if token:
                 spec["token"] = token
             specs.append(spec)
@@ -168,15 +172,28 @@ def flags_from(options: dict[str, Any]) -> dict[str, Any]:
     return flags
 
 
+def _split_source(raw: str) -> tuple[str | None, str]:
+    """A ``--source`` value's name (``None`` when unnamed) and URL."""
+    name, sep, url = raw.partition("=")
+    return (name, url) if sep and "://" not in name else (None, raw)
+
+
 #: Flags whose value is a secret, and the environment variable each one is moved to.
 SOURCE_TOKEN_ENV = "CCO_MONITOR_SOURCE_TOKEN"  # noqa: S105  (a variable name)
 SECRET_FLAGS = {"--health-token": "CCO_MONITOR_HEALTH_TOKEN", "--source-token": SOURCE_TOKEN_ENV}
+#: Where every --source value goes when one of them holds a credential (user:password@ or a
+#: ?token=-like query value): a JSON list, in order (the order names unnamed sources).
+SOURCE_FLAGS_ENV = "CCO_MONITOR_SOURCE_FLAGS"
 
 
 def without_secret_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """``argv`` without ``--health-token``/``--source-token``, and their values by env name."""
+    """``argv`` without ``--health-token``/``--source-token``, and their values by env name.
+
+    ``--source`` values go too (all of them, in order) when one holds a credential.
+    """
     clean: list[str] = []
     moved: dict[str, str] = {}
+    sources: list[tuple[int, str]] = []  # (where in clean, value)
     index = 0
     while index < len(argv):
         arg = argv[index]
@@ -189,9 +206,24 @@ def without_secret_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         elif arg in SECRET_FLAGS and index + 1 < len(argv):
             moved[SECRET_FLAGS[arg]] = argv[index + 1]
             index += 1
+        elif name == "--source" and equals:
+            sources.append((len(clean), value))
+            clean.append(arg)
+        elif arg == "--source" and index + 1 < len(argv):
+            sources.append((len(clean), argv[index + 1]))
+            clean.extend(argv[index : index + 2])
+            index += 1
         else:
             clean.append(arg)
         index += 1
+    if any(redact_url(url) != url for url in (_split_source(raw)[1] for _, raw in sources)):
+        moved[SOURCE_FLAGS_ENV] = orjson.dumps([value for _, value in sources]).decode()
+        drop = {
+            position + offset
+            for position, _ in sources
+            for offset in ((0,) if clean[position].startswith("--source=") else (0, 1))
+        }
+        clean = [arg for position, arg in enumerate(clean) if position not in drop]
     return clean, moved
 
 

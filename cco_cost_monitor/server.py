@@ -413,6 +413,8 @@ async def serve(service: Service, on_ready: Callable[[], None] | None = None) ->
                 f"state dir {settings.state_dir} is unusable: {exc.strerror}"
             ) from None
         statedir.check_state_dir(settings.state_dir)
+        if tightened := statedir.make_private(settings.state_dir):
+            log.warning("state_permissions_tightened", removed="group/other", files=tightened)
         statedir.check_database_path(settings.db_path)
         lock = PidLock(settings.pid_path)
         lock.acquire()

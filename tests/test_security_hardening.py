@@ -39,6 +39,7 @@ from cco_cost_monitor.logs import configure_logging
 from cco_cost_monitor.pidlock import PidLock
 from cco_cost_monitor.redact import child_environment, origin_only, redact_url
 from cco_cost_monitor.server import Service, _announce
+from cco_cost_monitor.statedir import make_private, open_private
 from tests.conftest import free_port
 from tests.helpers_obs import CLI, MONITOR_ENV, get, require_binary, simulator, spawn, wait_until
 
@@ -324,6 +325,67 @@ def test_token_flags_are_moved_out_of_argv() -> None:
     assert moved == {"CCO_MONITOR_HEALTH_TOKEN": "A" * 16, "CCO_MONITOR_SOURCE_TOKEN": "B"}
 
 
+def test_source_urls_with_credentials_are_moved_out_of_argv_in_order() -> None:
+    """A --source holding user:password@ or ?token= takes every --source out (the order names
+    unnamed sources), and the moved list reads back as the same sources; harmless URLs stay."""
+    argv = [
+        "start",
+        "--source=http://127.0.0.1:3000/api/stream",
+        "--source",
+        "team=http://bob:hunter2@127.0.0.1:3001/api/stream",
+        "--health-port",
+        "0",
+    ]
+    clean, moved = without_secret_flags(argv)
+    assert clean == ["start", "--health-port", "0"]
+    assert orjson.loads(moved["CCO_MONITOR_SOURCE_FLAGS"]) == [
+        "http://127.0.0.1:3000/api/stream",
+        "team=http://bob:hunter2@127.0.0.1:3001/api/stream",
+    ]
+    harmless = ["start", "--source", "http://127.0.0.1:3000/api/stream?page=2"]
+    assert without_secret_flags(harmless) == (harmless, {})
+    assert (
+        "CCO_MONITOR_SOURCE_FLAGS"
+        in without_secret_flags(
+            ["start", "--source", "http://127.0.0.1:3000/api/stream?token=T0K"]
+        )[1]
+    )
+
+
+def test_a_state_dir_left_readable_is_made_private(tmp_path: Path) -> None:
+    """Files and a dir an older version (or umask 022) left readable lose group/other bits;
+    a symlinked file's target and a file opened again keep their content."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o755)
+    for name in ("monitor.db", "monitor.log", "daemon.json"):
+        (state / name).write_text(name)
+        (state / name).chmod(0o644)
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not ours to change")
+    outside.chmod(0o644)
+    (state / "link").symlink_to(outside)
+    changed = make_private(state)
+    assert sorted(changed) == [
+        "daemon.json 0644",
+        "monitor.db 0644",
+        "monitor.log 0644",
+        "state/ 0755",
+    ]
+    assert mode_of(state) == 0o700
+    for name in ("monitor.db", "monitor.log", "daemon.json"):
+        assert mode_of(state / name) == 0o600
+        assert (state / name).read_text() == name
+    assert mode_of(outside) == 0o644
+    assert make_private(state) == []
+    loose = state / "again.log"
+    loose.write_text("kept")
+    loose.chmod(0o640)
+    os.close(open_private(loose, os.O_WRONLY | os.O_APPEND))
+    assert mode_of(loose) == 0o600
+    assert loose.read_text() == "kept"
+
+
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -334,8 +396,9 @@ def mode_of(path: Path) -> int:
 
 @pytest.mark.slow
 def test_daemon_argv_holds_no_token_and_its_files_are_private(tmp_path: Path) -> None:
-    """A token given as a flag is not in /proc/PID/cmdline (foreground and background),
-    still guards the API, and every file the daemon creates is 0600 in a 0700 dir."""
+    """A token given as a flag, or a --source URL with a password, is not in
+    /proc/PID/cmdline (foreground and background), still works, and every file of the
+    daemon is 0600 in a 0700 dir (those an older version left readable too)."""
     source_secret = "SOURCE-SECRET-0123456789"
     flags = ["--health-token", TOKEN, f"--source-token={source_secret}"]
     with simulator(tmp_path) as (_, sim_url):
@@ -362,12 +425,19 @@ def test_daemon_argv_holds_no_token_and_its_files_are_private(tmp_path: Path) ->
             assert get(f"{url}/api/summary", TOKEN).status_code == 200
 
         state = tmp_path / "bg"
+        # Left by an older version under umask 022: readable by every local user.
+        state.mkdir(mode=0o755)
+        state.chmod(0o755)
+        (state / "monitor.log").write_text("")
+        (state / "monitor.log").chmod(0o644)
         env = {**MONITOR_ENV, "CCO_MONITOR_HOME": str(tmp_path)}
+        # A source URL with a password is moved out of argv too.
+        with_password = sim_url.replace("http://", f"http://user:{source_secret}-PW@")
         # The user's umask is the usual 022: the daemon must not rely on it.
         started = run(
             "start",
             "--source",
-            f"{sim_url}/api/stream",
+            f"{with_password}/api/stream",
             "--health-port",
             "0",
             "--state-dir",
@@ -381,6 +451,8 @@ def test_daemon_argv_holds_no_token_and_its_files_are_private(tmp_path: Path) ->
             line = cmdline(pid)
             assert TOKEN not in line
             assert source_secret not in line
+            assert "--source" not in line
+            assert "state_permissions_tightened" in (state / "monitor.log").read_text()
             url = orjson.loads((state / "daemon.json").read_bytes())["health_url"]
             wait_until(lambda: get(f"{url}/api/summary", TOKEN).json()["totals"]["events"] >= 1, 20)
             assert get(f"{url}/api/summary").status_code == 401
