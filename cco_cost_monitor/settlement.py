@@ -204,8 +204,9 @@ class Settlement:
         """Begin a proxy run at ``anchor`` (first contact, or the estimate after a restart).
 
         ``cap``: the reloaded totals are at most this (the last seen before a restart whose
-        first window may have lost events). ``likely``: reloaded totals whose calls are taken
-        when the voted cost meets theirs exactly (see :meth:`_vote`).
+        first window may have lost events). ``likely``: reloaded totals to prefer where the
+        snapshots allow them, and whose calls are taken when the voted cost meets theirs
+        exactly (see :meth:`_vote`).
         """
         self.anchor = anchor
         self.anchor_unexplained_requests = unexplained_requests
@@ -342,19 +343,29 @@ class Settlement:
             self.clean_calls.add(call_key)
             self.clean_costs.add(cost_key)
         # Calls and cost are read apart and race apart: each has its own vote.
-        best_calls = int(_most_seen(self.call_votes, call_key, self.clean_calls))
-        best_cost = float(_most_seen(self.cost_votes, cost_key, self.clean_costs))
         low, high = self.low, self.high
-        for likely_calls, likely_cost in self.likely:
+        likely_calls = {
+            str(c)
+            for c, _ in self.likely
+            if (low is None or c >= low[0]) and (high is None or c <= high[0])
+        }
+        likely_costs = {
+            f"{k:.9f}"
+            for _, k in self.likely
+            if (low is None or k >= low[1] - COST_EPSILON)
+            and (high is None or k <= high[1] + COST_EPSILON)
+        }
+        best_calls = int(_most_seen(self.call_votes, call_key, self.clean_calls, likely_calls))
+        best_cost = float(_most_seen(self.cost_votes, cost_key, self.clean_costs, likely_costs))
+        for reload_calls, reload_cost in self.likely:
             # A sum of prices met to a nano-dollar is no coincidence: the reload is that one,
             # calls included (whose votes, small integers, race into one another easily).
             if (
-                likely_cost > 0
-                and abs(best_cost - likely_cost) <= COST_EPSILON
-                and (low is None or likely_calls >= low[0])
-                and (high is None or likely_calls <= high[0])
+                reload_cost > 0
+                and abs(best_cost - reload_cost) <= COST_EPSILON
+                and str(reload_calls) in likely_calls
             ):
-                best_calls = likely_calls
+                best_calls = reload_calls
         self._set_anchor(best_calls, best_cost, replace=True)
 
     def _set_anchor(self, calls: int, cost: float, *, replace: bool = False) -> None:
@@ -457,13 +468,13 @@ def _pair(value: Any) -> tuple[int, float] | None:
     return (int(value[0]), float(value[1])) if value else None
 
 
-def _most_seen(votes: dict[str, int], value: str, clean: set[str]) -> str:
+def _most_seen(votes: dict[str, int], value: str, clean: set[str], likely: set[str]) -> str:
     """Count one more ``value``; the value seen most often. A tie of two snapshots is one
     race either way: then a ``clean`` value (given by a snapshot no event can be ahead of),
-    else the larger (the common race, events ahead of the counters, makes an estimate low;
-    and a reload taken too large counts too little, never a request that was not made)."""
+    then a ``likely`` one, else the smaller. (A likely value never seen is not a candidate:
+    one snapshot without a race outweighs any prior.)"""
     votes[value] = votes.get(value, 0) + 1
     if len(votes) > VOTE_LIMIT:
         del votes[min(votes, key=votes.__getitem__)]
         clean.intersection_update(votes)
-    return max(votes, key=lambda key: (votes[key], key in clean, float(key)))
+    return max(votes, key=lambda key: (votes[key], key in clean, key in likely, -float(key)))

@@ -96,6 +96,10 @@ class Run:
         # After a restart, until two snapshots agree with nothing in between.
         self.unsettled_restart = False
         self.last_read: tuple[int, int, float] | None = None
+        # Requests in flight at a snapshot while the reload was not yet known: an estimated
+        # reload may be off by these, in either direction (docs/accounting.md).
+        self.slack_calls = 0
+        self.slack_cost = 0.0
         self.counted_requests = 0
         # Requests that finish between the first snapshot's reads: the contract counts them
         # (they are after the calls read) though their events are in the first window.
@@ -140,6 +144,11 @@ class Run:
         for model, tokens, kind in calls:
             self.proxy.call(model, tokens, kind)
 
+    def in_flight(self, requests: list[Request]) -> None:
+        if self.unsettled_restart:
+            self.slack_calls += sum(1 for request in requests if request.records)
+            self.slack_cost += sum(request.cost for request in requests)
+
     def requests(self, calls: list[tuple[int, int, str]]) -> list[Request]:
         return [self.proxy.request(m, t, k) for m, t, k in calls]
 
@@ -162,13 +171,16 @@ class Run:
         elif name == "racing" and self.connected:
             for model, tokens, kind in op[3]:
                 self.proxy.start_lagging(model, tokens, kind)
-            self.deliver(
-                between_calls_and_cost=self.requests(op[1]),
-                between_cost_and_ring=self.requests(op[2]),
+            first, second = self.requests(op[1]), self.requests(op[2])
+            self.in_flight(
+                [*first, *second, *self.proxy.lagging[len(self.proxy.lagging) - len(op[3]) :]]
             )
+            self.deliver(between_calls_and_cost=first, between_cost_and_ring=second)
         elif name == "stall" and self.connected:
             # The snapshot read calls, then waited for the save while requests queued.
-            self.deliver(seconds=5.0, between_calls_and_cost=self.requests(op[1]))
+            queued = self.requests(op[1])
+            self.in_flight(queued)
+            self.deliver(seconds=5.0, between_calls_and_cost=queued)
             for _ in range(op[2]):
                 self.deliver(seconds=0.002)
         elif name == "disconnect":
@@ -223,8 +235,8 @@ def test_accounting_equals_ground_truth(
         assert accounted_calls == truth_calls
         assert accounted_cost == pytest.approx(truth_cost, abs=1e-9)
     else:
-        assert state.attributed_requests <= accounted_calls <= truth_calls
-        assert accounted_cost <= truth_cost + 1e-9
+        assert state.attributed_requests <= accounted_calls <= truth_calls + run.slack_calls
+        assert accounted_cost <= truth_cost + run.slack_cost + 1e-9
 
 
 @settings(max_examples=200, deadline=None)
