@@ -132,9 +132,7 @@ def make_private(state_dir: Path) -> list[str]:
             if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
                 continue
             try:
-                fd = os.open(
-                    entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-                )
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
                 continue  # gone, or not ours to read: nothing to tighten
             try:
