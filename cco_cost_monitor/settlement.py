@@ -205,8 +205,7 @@ class Settlement:
 
         ``cap``: the reloaded totals are at most this (the last seen before a restart whose
         first window may have lost events). ``likely``: reloaded totals to prefer where the
-        snapshots allow them, and whose calls are taken when the voted cost meets theirs
-        exactly (see :meth:`_vote`).
+        snapshots allow them (see :meth:`_vote`).
         """
         self.anchor = anchor
         self.anchor_unexplained_requests = unexplained_requests
@@ -357,15 +356,6 @@ class Settlement:
         }
         best_calls = int(_most_seen(self.call_votes, call_key, self.clean_calls, likely_calls))
         best_cost = float(_most_seen(self.cost_votes, cost_key, self.clean_costs, likely_costs))
-        for reload_calls, reload_cost in self.likely:
-            # A sum of prices met to a nano-dollar is no coincidence: the reload is that one,
-            # calls included (whose votes, small integers, race into one another easily).
-            if (
-                reload_cost > 0
-                and abs(best_cost - reload_cost) <= COST_EPSILON
-                and str(reload_calls) in likely_calls
-            ):
-                best_calls = reload_calls
         self._set_anchor(best_calls, best_cost, replace=True)
 
     def _set_anchor(self, calls: int, cost: float, *, replace: bool = False) -> None:

