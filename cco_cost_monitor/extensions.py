@@ -15,14 +15,13 @@ from aiohttp import web
 from cco_cost_monitor import auth, dashboard, stream
 from cco_cost_monitor.config import is_loopback
 from cco_cost_monitor.metrics import metrics_handler
+from cco_cost_monitor.service_parts import ServiceParts
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from cco_cost_monitor.server import Service
 
-
-def install(app: web.Application, service: Service) -> None:
+def install(app: web.Application, service: ServiceParts) -> None:
     """Add ``/metrics``, ``/`` and its assets, ``/api/stream``, the token check and headers."""
 
     def current_token() -> SecretStr | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -25,10 +25,8 @@ from prometheus_client.registry import Collector
 
 from cco_cost_monitor import __version__
 from cco_cost_monitor.budgets import BUDGET_STATES
+from cco_cost_monitor.service_parts import ServiceParts
 from cco_cost_monitor.summary import PERIODS
-
-if TYPE_CHECKING:
-    from cco_cost_monitor.server import Service
 
 __all__ = ["ServiceCollector", "make_registry", "metrics_handler"]
 
@@ -43,7 +41,7 @@ def _number(value: Any) -> float | None:
 class ServiceCollector(Collector):
     """Builds every ``cco_*`` metric family from the service's state on demand."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: ServiceParts) -> None:
         self.service = service
 
     def describe(self) -> Iterable[Metric]:
@@ -327,14 +325,14 @@ class ServiceCollector(Collector):
             yield family
 
 
-def make_registry(service: Service) -> CollectorRegistry:
+def make_registry(service: ServiceParts) -> CollectorRegistry:
     """A dedicated registry holding only the service collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))
     return registry
 
 
-def metrics_handler(service: Service) -> Handler:
+def metrics_handler(service: ServiceParts) -> Handler:
     """The aiohttp handler for ``GET /metrics`` (text format; OpenMetrics on request)."""
     inner = make_aiohttp_handler(make_registry(service))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -23,12 +23,10 @@ from cco_cost_monitor.budgets import BUDGET_STATE, Alert
 from cco_cost_monitor.errors import StoreError
 from cco_cost_monitor.logs import get_logger
 from cco_cost_monitor.reconciler import SourceState
+from cco_cost_monitor.service_parts import ServiceParts
 from cco_cost_monitor.storage import Ledger
 from cco_cost_monitor.store import SCHEMA_VERSION, Store, finish_rescue
 from cco_cost_monitor.writer import StoreWriter
-
-if TYPE_CHECKING:
-    from cco_cost_monitor.server import Service
 
 log = get_logger("cco_cost_monitor.persistence")
 
@@ -41,7 +39,7 @@ MIGRATION_SECONDS_PER_ROW = 50e-6
 SANE_SAVED_NUMBER = 1e15
 
 
-async def attach(service: Service) -> None:
+async def attach(service: ServiceParts) -> None:
     """Open the database, restore what was counted, and start saving what comes."""
     settings = service.settings
     pending = await anyio.to_thread.run_sync(Store.migration_pending, settings.db_path)
@@ -135,7 +133,7 @@ def _repair_source_state(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
     return repaired, count
 
 
-async def detach(service: Service) -> None:
+async def detach(service: ServiceParts) -> None:
     """Flush pending writes and close the database."""
     writer, store = service.writer, service.store
     try:

@@ -1,6 +1,6 @@
 """The package's import graph has no circles (issue 15): no module imports, anywhere in it, a
-module that imports it back. ``TYPE_CHECKING`` imports may point back (they only name
-types)."""
+module that imports it back, ``TYPE_CHECKING`` imports included (a type named across a
+circle is still two modules leaning on each other: name a protocol instead)."""
 
 from __future__ import annotations
 
@@ -19,16 +19,8 @@ def _module_name(path: Path) -> str:
 def _imports(tree: ast.Module) -> set[str]:
     """Every module an import anywhere in the file names, function-level ones too (an import
     moved into a function to dodge a circle is still a circle)."""
-    type_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for inner in ast.walk(node)
-    }
     found: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         if isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
