@@ -191,15 +191,17 @@ def without_secret_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
     ``--source`` values go too (all of them, in order) when one holds a credential.
     """
-    clean: list[str] = []
+    clean: list[str] = []  # argv without the secret flags
+    sourceless: list[str] = []  # and without the --source flags
     moved: dict[str, str] = {}
-    sources: list[tuple[int, str]] = []  # (where in clean, value)
+    sources: list[str] = []
     index = 0
     while index < len(argv):
         arg = argv[index]
         name, equals, value = arg.partition("=")
         if arg == "--":
             clean.extend(argv[index:])
+            sourceless.extend(argv[index:])
             break
         if name in SECRET_FLAGS and equals:
             moved[SECRET_FLAGS[name]] = value
@@ -207,23 +209,19 @@ def without_secret_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             moved[SECRET_FLAGS[arg]] = argv[index + 1]
             index += 1
         elif name == "--source" and equals:
-            sources.append((len(clean), value))
+            sources.append(value)
             clean.append(arg)
         elif arg == "--source" and index + 1 < len(argv):
-            sources.append((len(clean), argv[index + 1]))
+            sources.append(argv[index + 1])
             clean.extend(argv[index : index + 2])
             index += 1
         else:
             clean.append(arg)
+            sourceless.append(arg)
         index += 1
-    if any(redact_url(url) != url for url in (_split_source(raw)[1] for _, raw in sources)):
-        moved[SOURCE_FLAGS_ENV] = orjson.dumps([value for _, value in sources]).decode()
-        drop = {
-            position + offset
-            for position, _ in sources
-            for offset in ((0,) if clean[position].startswith("--source=") else (0, 1))
-        }
-        clean = [arg for position, arg in enumerate(clean) if position not in drop]
+    if any(redact_url(url) != url for _, url in map(_split_source, sources)):
+        moved[SOURCE_FLAGS_ENV] = orjson.dumps(sources).decode()
+        return sourceless, moved
     return clean, moved
 
 
